@@ -1,0 +1,189 @@
+"""One few-shot adaptation run end to end, and reopening its saved result.
+
+:func:`adapt` is what ``modprompt adapt`` and ``benchmarks/fewshot.py`` call: few-shot splits -> method
+-> training with early stopping -> test metrics -> (optionally) the adapted files -> a JSON-able result.
+:func:`load_adapted` reopens the adapted files on their backbone (and bank) for prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from modprompt.adapt.config import AdaptConfig
+from modprompt.adapt.loop import fit
+from modprompt.adapt.methods import (
+    BANK_WEIGHTS,
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    METHODS,
+    AdaptMethod,
+    create_method,
+    file_sha256,
+)
+from modprompt.backbone import EMBEDDED_DEFAULT, Backbone, load_backbone
+from modprompt.data.fewshot import fewshot_splits
+from modprompt.data.mrc import MRCExample
+from modprompt.data.spec import load_spec
+from modprompt.evaluate import evaluate, main_metric
+
+logger = logging.getLogger(__name__)
+
+#: training examples whose hidden states set the prompt scales of ``deep-pt`` (``AdaptMethod.prepare``)
+CALIBRATION_EXAMPLES = 16
+#: the fixed shuffle behind ``test_limit``/``dev_limit``: the same subset for every method and seed
+SUBSET_SEED = 0
+
+
+def subset(examples: list[MRCExample], limit: int | None) -> list[MRCExample]:
+    """The first ``limit`` examples of a fixed shuffle (all of them, in order, when ``limit`` is None)."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    order = np.random.default_rng(SUBSET_SEED).permutation(len(examples))[:limit]
+    return [examples[i] for i in order]
+
+
+def bank_backbone(bank_dir: str | Path) -> dict:
+    """The backbone identity a bank records (``bank_config.json``)."""
+    path = Path(bank_dir) / "bank_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{bank_dir} holds no prompt bank (bank_config.json missing)")
+    return json.loads(path.read_text())["backbone"]
+
+
+def resolve_backbone(backbone: Backbone | str | Path | None, recorded: dict | None = None) -> Backbone:
+    """A loaded backbone: the one given, else the recorded one when that is the embedded default."""
+    if isinstance(backbone, Backbone):
+        return backbone
+    if backbone is None:
+        name = recorded["name"] if recorded else EMBEDDED_DEFAULT
+        if name != EMBEDDED_DEFAULT:
+            raise ValueError(f"this was made on the local backbone folder {name!r}; pass its path (--backbone PATH)")
+        backbone = name
+    return load_backbone(backbone)
+
+
+def check_backbone(recorded: dict, backbone: Backbone, what: str) -> None:
+    """A backbone of another shape is an error naming the dimension; another name only a warning."""
+    for key in ("model_type", "num_layers", "hidden_size", "vocab_size"):
+        if recorded[key] != getattr(backbone.info, key):
+            raise ValueError(
+                f"{what} does not fit the backbone: {key} is {recorded[key]!r} there "
+                f"but {getattr(backbone.info, key)!r} in backbone {backbone.info.name!r}"
+            )
+    if recorded["name"] != backbone.info.name:
+        logger.warning("%s was made on backbone %s; using %s", what, recorded["name"], backbone.info.name)
+
+
+def adapt(
+    config: AdaptConfig,
+    task: str | None,
+    data_root: str | Path,
+    *,
+    bank: str | Path | None = None,
+    backbone: Backbone | str | Path | None = None,
+    task_spec: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict:
+    """Adapt to one task's few-shot split of ``config.seed``, test, optionally save to ``out``; the result.
+
+    ``task_spec`` (a user task spec, :mod:`modprompt.data.spec`) replaces ``task``. ``backbone`` defaults
+    to the bank's. The result holds the method, task, seed, exact trainable parameter count, the test
+    metrics and main ``metric`` (accuracy, else F1), the best dev score, optimisation time
+    (``train_seconds``), the wall time of training with its dev evaluations (``fit_seconds``), steps and
+    examples seen, and each stage's summary.
+    """
+    started = time.perf_counter()
+    if task_spec is not None:
+        task_spec = Path(task_spec).resolve()
+        task = load_spec(task_spec, replace=True).name
+    if task is None:
+        raise ValueError("give a task name or a task spec")
+    if config.method not in METHODS:
+        raise KeyError(f"unknown adaptation method {config.method!r}; known: {sorted(METHODS)}")
+    recorded = bank_backbone(bank) if bank is not None else None
+    train, dev, test = fewshot_splits(task, config.seed, data_root, config.k_per_label)
+    dev, test = subset(dev, config.dev_limit), subset(test, config.test_limit)
+    backbone = resolve_backbone(backbone, recorded)
+    if recorded is not None:
+        check_backbone(recorded, backbone, f"bank {bank}")
+    method = create_method(backbone, config, task, bank)
+    if method.needs_bank and task in method.bank_tasks:
+        logger.warning("task %s was one of the bank's pre-training tasks; the result is not few-shot transfer", task)
+    encoder = method.encoder()
+    method.prepare(encoder.collate(encoder.encode_all(train[:CALIBRATION_EXAMPLES])))
+    logger.info(
+        "adapting %s to %s (seed %d): %d trainable parameters, %d train / %d dev / %d test examples",
+        config.method, task, config.seed, method.trainable_parameters(), len(train), len(dev), len(test),
+    )  # fmt: skip
+    fit_started = time.perf_counter()
+    summary = fit(method, encoder, train, dev, config)
+    fit_seconds = time.perf_counter() - fit_started
+    test_started = time.perf_counter()
+    metrics = evaluate(method.forward, encoder, test, config.eval_batch_size) if test else {}
+    result = {
+        "method": config.method,
+        "task": task,
+        "seed": config.seed,
+        "trainable_parameters": method.trainable_parameters(),
+        "metric": main_metric(metrics) if test else None,
+        "test": metrics,
+        "best_dev": summary["best_dev"],
+        "train_seconds": summary["train_seconds"],
+        "fit_seconds": fit_seconds,
+        "test_seconds": time.perf_counter() - test_started,
+        "steps": summary["steps"],
+        "examples_seen": summary["examples_seen"],
+        "examples": {"train": len(train), "dev": len(dev), "test": len(test)},
+        "backbone": backbone.info.name,
+        "bank": str(Path(bank).resolve()) if method.needs_bank else None,
+        "config": config.to_dict(),
+        "stages": summary["stages"],
+    }
+    if out is not None:
+        brief = {k: v for k, v in result.items() if k not in ("stages", "config")}
+        method.save(out, extra={"task_spec": str(task_spec) if task_spec else None, "result": brief})
+        result["out"] = str(Path(out).resolve())
+    result["wall_seconds"] = time.perf_counter() - started
+    return result
+
+
+def read_adapted_config(directory: str | Path) -> dict:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} holds no adapted task ({CONFIG_NAME} missing)")
+    meta = json.loads(path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    return meta
+
+
+def load_adapted(
+    directory: str | Path, backbone: Backbone | str | Path | None = None, bank: str | Path | None = None
+) -> AdaptMethod:
+    """Reopen a saved adaptation: its backbone (the recorded one by default), its bank, its tensors.
+
+    A bank method needs the very bank it was adapted from: the recorded path by default, or ``bank``;
+    a bank whose weights changed since (another sha256) is an error.
+    """
+    meta = read_adapted_config(directory)
+    backbone = resolve_backbone(backbone, meta["backbone"])
+    check_backbone(meta["backbone"], backbone, f"adapted task {directory}")
+    bank_dir = None
+    if meta["bank"] is not None:
+        bank_dir = Path(bank or meta["bank"]["path"])
+        weights = bank_dir / BANK_WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(f"the bank {bank_dir} that {directory} was adapted from is not there; pass --bank")
+        if file_sha256(weights) != meta["bank"]["sha256"]:
+            raise ValueError(f"bank {bank_dir} is not the bank {directory} was adapted from (its sha256 differs)")
+    config = AdaptConfig.from_dict(meta["config"])
+    if config.method not in METHODS:
+        raise KeyError(f"{directory} was adapted with method {config.method!r}, which is not registered here")
+    method = METHODS[config.method](backbone, config, meta["task"], bank_dir)
+    method.load_adapted_tensors(directory)
+    return method

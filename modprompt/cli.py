@@ -1,0 +1,169 @@
+"""The ``modprompt`` command. Each subcommand parses its arguments and calls the library; results are JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("modprompt")
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def _data_root(value: str | None) -> Path:
+    from modprompt.data.download import default_data_root
+
+    return Path(value) if value else default_data_root()
+
+
+# -- modprompt tasks -----------------------------------------------------------------------------
+
+
+def _add_tasks(sub) -> None:
+    p = sub.add_parser("tasks", help="list every registered task with its kind, role and split sizes")
+    p.add_argument("--json", action="store_true", help="print the full table as JSON")
+    p.add_argument("--data", help="data folder (default: $MODPROMPT_DATA or the `modprompt data` cache)")
+    p.add_argument("--role", choices=["upstream", "downstream"], help="only tasks of this role")
+    p.add_argument("--lenient", action="store_true", help="skip malformed records instead of stopping")
+    p.set_defaults(func=_run_tasks)
+
+
+def _run_tasks(args) -> int:
+    from modprompt.data.registry import task_table
+
+    table = task_table(_data_root(args.data), lenient=args.lenient)
+    if args.role:
+        table = [row for row in table if row["role"] == args.role]
+    if args.json:
+        _print_json(table)
+        return 0
+    width = max(len(row["name"]) for row in table)
+    for row in table:
+        splits = " ".join(f"{k}={v}" for k, v in row["splits"].items())
+        options = row["num_options"] if row["num_options"] is not None else "-"
+        print(f"{row['name']:<{width}}  {row['role']:<10}  {row['kind']:<15}  options={options:<4} {splits}")
+    return 0
+
+
+# -- modprompt data ------------------------------------------------------------------------------
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="fetch the raw task files into the cache and verify every sha256")
+    p.add_argument("--dest", help="where to put the files (default: $MODPROMPT_DATA or ~/.cache/modprompt/data)")
+    p.add_argument("--mirror", help="copy from a local mirror folder (OWNER+NAME/<path>) instead of downloading")
+    p.add_argument("--base-url", help="download from this base URL instead of each file's public URL")
+    p.add_argument("--only", nargs="*", help="only these files or folders (OWNER+NAME/<path>)")
+    p.add_argument("--verify", action="store_true", help="only check what is already there")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_data)
+
+
+def _run_data(args) -> int:
+    from modprompt.data.download import fetch, verify
+
+    dest = _data_root(args.dest)
+    if args.verify:
+        problems = verify(dest, only=args.only)
+        _print_json({"dest": str(dest), "ok": not problems, "problems": problems})
+        return 0 if not problems else 1
+    report = fetch(
+        dest,
+        mirror=Path(args.mirror) if args.mirror else None,
+        base_url=args.base_url,
+        only=args.only,
+        progress=False if args.no_progress else None,
+    )
+    _print_json(
+        {
+            "dest": str(dest),
+            "ok": report.ok,
+            "fetched": len(report.fetched),
+            "copied": len(report.copied),
+            "verified": len(report.verified),
+            "failed": report.failed,
+        }
+    )
+    return 0 if report.ok else 1
+
+
+# -- modprompt backbone --------------------------------------------------------------------------
+
+
+def _add_backbone(sub) -> None:
+    p = sub.add_parser("backbone", help="prepare or describe a backbone")
+    p.add_argument("action", choices=["prepare", "info"], help="prepare: convert the embedded Gemma; info: describe")
+    p.add_argument("--backbone", default="gemma-3-270m", help="a local model folder or 'gemma-3-270m'")
+    p.add_argument("--overwrite", action="store_true", help="convert again even if the cache looks complete")
+    p.set_defaults(func=_run_backbone)
+
+
+def _run_backbone(args) -> int:
+    if args.action == "prepare":
+        from modprompt.gemma import prepare_gemma
+
+        _print_json({"path": str(prepare_gemma(overwrite=args.overwrite))})
+        return 0
+    from modprompt.backbone import load_backbone
+
+    backbone = load_backbone(args.backbone)
+    _print_json(backbone.info.to_dict())
+    return 0
+
+
+# -- modprompt pretrain -------------------------------------------------------------------------
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="pre-train a modular prompt bank on the upstream tasks (resumable)")
+    p.add_argument("--config", required=True, help="a pre-training config JSON (e.g. modprompt/configs/pretrain-gemma.json)")
+    p.add_argument("--run-dir", required=True, help="run folder: checkpoints, history, and the bank in RUN_DIR/bank")
+    p.add_argument("--data", help="data folder (default: $MODPROMPT_DATA or the `modprompt data` cache)")
+    p.add_argument("--until", type=int, help="stop at this step with a checkpoint; run again to continue")
+    p.set_defaults(func=_run_pretrain)
+
+
+def _run_pretrain(args) -> int:
+    from modprompt.modular.pretrain import PretrainConfig, pretrain
+
+    summary = pretrain(PretrainConfig.from_json(args.config), args.run_dir, _data_root(args.data), until=args.until)
+    _print_json({k: v for k, v in summary.items() if k not in ("history", "evaluations")})
+    return 0
+
+
+_COMMANDS = (_add_tasks, _add_data, _add_backbone, _add_pretrain)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modprompt",
+        description="Multi-task pre-trained modular prompts (MP2) for few-shot learning.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as err:
+        logger.error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

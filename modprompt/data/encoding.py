@@ -1,0 +1,258 @@
+"""MRC examples to token ids and batches, for any Hugging Face tokenizer with offsets.
+
+Layout, the same for every backbone kind::
+
+    [first] [placeholder x n] query [sep] passage [sep] option_1 [sep] ... option_m [closing]
+
+``first`` is the tokenizer's cls token, else its bos token. The n placeholders are where MP2's deep
+prompt vectors go. ``sep`` is the tokenizer's sep token, else the token(s) of ``"\\n"``; ``closing`` is
+sep, else eos, else nothing. Query and passage come before the options so a causal model's option
+tokens see both. Every segment is tokenized on its own, so option spans are exact by construction and
+passage offsets refer to the passage alone. Only the passage is ever truncated (its end is cut).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from modprompt.data.mrc import MRCExample
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class EncodingConfig:
+    max_length: int = 256
+    num_prompt_tokens: int = 0  # placeholders right after the first token
+
+
+@dataclass
+class EncodedExample:
+    """One example as token ids, with every span the span head and the metrics need.
+
+    Token spans are absolute positions in ``input_ids``; ``option_spans`` and ``answer_span`` are
+    inclusive ``(first, last)``, ``passage_span`` is ``[start, end)``. ``passage_offsets`` holds the
+    character offsets, within the passage, of each kept passage token.
+    """
+
+    input_ids: list[int]
+    option_spans: list[tuple[int, int]]
+    answer_span: tuple[int, int] | None
+    passage_span: tuple[int, int]
+    passage_offsets: list[tuple[int, int]]
+    truncated: bool
+    answer_lost: bool  # a gold extractive span no kept passage token covers; answer_span is then None
+    answer_exact: bool  # answer_span's characters are exactly the gold answer
+    example: MRCExample
+
+
+def span_to_text(encoded: EncodedExample, start: int, end: int) -> str:
+    """The passage text under the inclusive token span ``start..end`` (absolute positions)."""
+    p_start, p_end = encoded.passage_span
+    if not p_start <= start <= end < p_end:
+        raise ValueError(f"token span ({start}, {end}) is not inside the passage tokens [{p_start}, {p_end})")
+    offsets = encoded.passage_offsets
+    return encoded.example.passage[offsets[start - p_start][0] : offsets[end - p_start][1]]
+
+
+def _covering_tokens(offsets: Sequence[tuple[int, int]], span: tuple[int, int]) -> tuple[int, int] | None:
+    """First and last token overlapping the character span ``[start, end)``; None if no token does."""
+    start, end = span
+    hits = [i for i, (a, b) in enumerate(offsets) if a < b and a < end and b > start]
+    return (hits[0], hits[-1]) if hits else None
+
+
+class MRCEncoder:
+    """Turns :class:`MRCExample` objects into :class:`EncodedExample` objects and padded batches."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: EncodingConfig = EncodingConfig()) -> None:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        if not tokenizer.is_fast:
+            raise ValueError(f"tokenizer {name!r} gives no character offsets; a fast (tokenizers) tokenizer is needed")
+        first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        if first is None:
+            raise ValueError(f"tokenizer {name!r} has neither a cls nor a bos token to start a sequence with")
+        placeholder = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
+        if config.num_prompt_tokens and placeholder is None:
+            raise ValueError(f"tokenizer {name!r} has neither an unk nor a pad token to hold prompt positions")
+        if tokenizer.sep_token_id is not None:
+            sep = [tokenizer.sep_token_id]
+        else:
+            sep = tokenizer("\n", add_special_tokens=False)["input_ids"]
+            if not sep:
+                raise ValueError(f"tokenizer {name!r} has no sep token and turns '\\n' into no tokens")
+        closing = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        self.tokenizer = tokenizer
+        self.config = config
+        self.prefix = [first] + [placeholder] * config.num_prompt_tokens
+        self.sep = sep
+        self.closing = [] if closing is None else [closing]
+
+    def _tokenize(self, texts: Sequence[str]) -> dict[str, tuple[list[int], list[tuple[int, int]]]]:
+        """ids and offsets of each distinct text, tokenized in one batch call."""
+        unique = list(dict.fromkeys(texts))
+        if not unique:
+            return {}
+        # verbose=False: whole passages may exceed model_max_length; they are cut below, not here.
+        out = self.tokenizer(unique, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return {
+            text: (ids, [tuple(o) for o in offs])
+            for text, ids, offs in zip(unique, out["input_ids"], out["offset_mapping"])
+        }
+
+    def _encode_batch(self, examples: Sequence[MRCExample]) -> list[EncodedExample]:
+        tokens = self._tokenize(
+            [ex.query for ex in examples] + [ex.passage for ex in examples] + [o for ex in examples for o in ex.options]
+        )
+        return [self._encode_one(ex, tokens) for ex in examples]
+
+    def _encode_one(self, ex: MRCExample, tokens: dict[str, tuple[list[int], list[tuple[int, int]]]]) -> EncodedExample:
+        query_ids = tokens[ex.query][0]
+        passage_ids, passage_offsets = tokens[ex.passage]
+        option_ids = [tokens[o][0] for o in ex.options]
+        for i, ids in enumerate(option_ids):
+            if not ids:
+                raise ValueError(f"{ex.source}: option {i} ({ex.options[i]!r}) gives no tokens")
+        fixed = (
+            len(self.prefix)
+            + len(query_ids)
+            + len(self.sep)
+            + sum(len(self.sep) + len(ids) for ids in option_ids)
+            + len(self.closing)
+        )
+        max_length = self.config.max_length
+        if fixed > max_length:
+            raise ValueError(
+                f"{ex.source}: query ({len(query_ids)} tokens), {len(option_ids)} options "
+                f"({sum(map(len, option_ids))} tokens) and special tokens take {fixed} tokens, "
+                f"more than max_length {max_length}"
+            )
+        kept = min(len(passage_ids), max_length - fixed)
+
+        input_ids = self.prefix + query_ids + self.sep
+        passage_span = (len(input_ids), len(input_ids) + kept)
+        input_ids = input_ids + passage_ids[:kept]
+        option_spans = []
+        for ids in option_ids:
+            input_ids = input_ids + self.sep
+            option_spans.append((len(input_ids), len(input_ids) + len(ids) - 1))
+            input_ids = input_ids + ids
+        input_ids = input_ids + self.closing
+
+        answer_span, answer_lost, answer_exact = None, False, False
+        if ex.label is not None:
+            answer_span, answer_exact = option_spans[ex.label], True
+        elif ex.span is not None:
+            # Cover the gold span within the whole passage first, so an answer the cut only partly
+            # removes is reported lost rather than shortened.
+            covering = _covering_tokens(passage_offsets, ex.span)
+            if covering is None or covering[1] >= kept:
+                answer_lost = True
+            else:
+                first, last = covering
+                answer_span = (passage_span[0] + first, passage_span[0] + last)
+                text = ex.passage[passage_offsets[first][0] : passage_offsets[last][1]]
+                answer_exact = text == ex.answer_text
+        return EncodedExample(
+            input_ids=input_ids,
+            option_spans=option_spans,
+            answer_span=answer_span,
+            passage_span=passage_span,
+            passage_offsets=passage_offsets[:kept],
+            truncated=kept < len(passage_ids),
+            answer_lost=answer_lost,
+            answer_exact=answer_exact,
+            example=ex,
+        )
+
+    def encode(self, example: MRCExample) -> EncodedExample:
+        """Encode one example (see the module docstring for the layout)."""
+        return self._encode_batch([example])[0]
+
+    def encode_all(self, examples: Sequence[MRCExample], chunk_size: int = 1024) -> list[EncodedExample]:
+        """Encode many examples, warning how many were truncated, lost their answer or have an inexact span."""
+        encoded: list[EncodedExample] = []
+        for i in range(0, len(examples), chunk_size):
+            encoded.extend(self._encode_batch(examples[i : i + chunk_size]))
+        truncated = sum(e.truncated for e in encoded)
+        lost = sum(e.answer_lost for e in encoded)
+        inexact = sum(e.answer_span is not None and not e.answer_exact for e in encoded)
+        if truncated or lost or inexact:
+            logger.warning(
+                "encoded %d examples (max_length %d): %d passages truncated, %d answers lost, %d answer spans inexact",
+                len(encoded),
+                self.config.max_length,
+                truncated,
+                lost,
+                inexact,
+            )
+        return encoded
+
+    def collate(
+        self, encoded: Sequence[EncodedExample], pad_id: int | None = None, pad_to_multiple_of: int = 1
+    ) -> dict[str, torch.Tensor]:
+        """Right-pad a batch to its longest example (rounded up to ``pad_to_multiple_of``).
+
+        ``pad_id`` defaults to the tokenizer's pad token, else 0: padded positions are masked out, so
+        the id only has to exist in the vocabulary. Candidates mark where an answer may start or end:
+        option first/last tokens for option tasks, every kept passage token for extractive QA.
+        Missing answers and labels are -100.
+        """
+        if not encoded:
+            raise ValueError("cannot collate an empty batch")
+        if pad_id is None:
+            pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        batch = len(encoded)
+        length = max(len(e.input_ids) for e in encoded)
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+        num_options = max(len(e.option_spans) for e in encoded)
+
+        input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        start_candidates = torch.zeros((batch, length), dtype=torch.bool)
+        end_candidates = torch.zeros((batch, length), dtype=torch.bool)
+        start_positions = torch.full((batch,), IGNORE_INDEX, dtype=torch.long)
+        end_positions = torch.full((batch,), IGNORE_INDEX, dtype=torch.long)
+        option_starts = torch.zeros((batch, num_options), dtype=torch.long)
+        option_ends = torch.zeros((batch, num_options), dtype=torch.long)
+        option_mask = torch.zeros((batch, num_options), dtype=torch.bool)
+        labels = torch.full((batch,), IGNORE_INDEX, dtype=torch.long)
+
+        for row, e in enumerate(encoded):
+            n = len(e.input_ids)
+            input_ids[row, :n] = torch.tensor(e.input_ids, dtype=torch.long)
+            attention_mask[row, :n] = 1
+            if e.option_spans:
+                starts = torch.tensor([s for s, _ in e.option_spans], dtype=torch.long)
+                ends = torch.tensor([t for _, t in e.option_spans], dtype=torch.long)
+                k = len(e.option_spans)
+                option_starts[row, :k], option_ends[row, :k], option_mask[row, :k] = starts, ends, True
+                start_candidates[row, starts] = True
+                end_candidates[row, ends] = True
+            else:
+                start_candidates[row, e.passage_span[0] : e.passage_span[1]] = True
+                end_candidates[row, e.passage_span[0] : e.passage_span[1]] = True
+            if e.answer_span is not None:
+                start_positions[row], end_positions[row] = e.answer_span
+            if e.example.label is not None:
+                labels[row] = e.example.label
+
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "start_candidates": start_candidates,
+            "end_candidates": end_candidates,
+            "start_positions": start_positions,
+            "end_positions": end_positions,
+            "option_starts": option_starts,
+            "option_ends": option_ends,
+            "option_mask": option_mask,
+            "labels": labels,
+        }

@@ -1,0 +1,261 @@
+"""Readers for the raw task files: JSON lines, whole JSON, CSV/TSV, blank-line separated records, zip members, xlsx.
+
+Every reader yields ``(where, record)`` pairs, ``where`` being the 1-based line number of the record (the
+record's first line for multi-line records) or, for whole-JSON lists and spreadsheets, the 0-based record
+index or 1-based row. Anything wrong with a record raises :class:`DataError`, which names the file, the line
+(or record) and what is wrong; converters raise it too, e.g. for an unknown label.
+
+Lenient mode (``lenient=True``): a record that cannot be parsed (a broken JSON line, a row with the wrong
+number of fields, ...) is skipped instead of raising; the skipped records are counted and, once the file
+has been read, the count is logged with ``logging.warning`` together with the file name and the first
+problem. :func:`convert_records` applies the same rule to records that parse but cannot be converted (an
+unknown label, a missing field). Strict mode (the default) stops at the first bad record, so nothing is
+lost silently. A missing file is always an error (:class:`FileNotFoundError` naming the path).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class DataError(ValueError):
+    """A malformed record or file; the message names the file, the line or record, and the problem."""
+
+    def __init__(self, path: str | Path, where: int | None, message: str, *, unit: str = "line") -> None:
+        self.path = str(path)
+        self.where = where
+        self.problem = message
+        place = self.path if where is None else f"{self.path}, {unit} {where}"
+        super().__init__(f"{place}: {message}")
+
+
+class _Skips:
+    """Counts the records skipped in lenient mode for one file and logs the count once."""
+
+    def __init__(self, path: str, lenient: bool) -> None:
+        self.path = path
+        self.lenient = lenient
+        self.count = 0
+        self.first: DataError | None = None
+
+    def bad(self, error: DataError) -> None:
+        if not self.lenient:
+            raise error
+        self.count += 1
+        self.first = self.first or error
+
+    def report(self, what: str = "malformed") -> None:
+        if self.count:
+            logger.warning(
+                "%s: lenient mode skipped %d %s record(s); first: %s", self.path, self.count, what, self.first
+            )
+
+
+def display_name(path: str | Path, member: str | None = None) -> str:
+    """How a file (or a member inside a zip) is named in errors and logs."""
+    return f"{path}[{member}]" if member else str(path)
+
+
+def read_text(path: str | Path, member: str | None = None) -> str:
+    """The whole text of a UTF-8 file (a leading BOM is dropped), or of ``member`` inside the zip ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if member is None:
+        data = path.read_bytes()
+    else:
+        with zipfile.ZipFile(path) as archive:
+            try:
+                data = archive.read(member)
+            except KeyError:
+                raise DataError(path, None, f"zip has no member {member!r}; it has {archive.namelist()}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(display_name(path, member), line, f"not UTF-8 text ({e.reason})") from None
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    # str.splitlines would also split on U+2028, U+0085 and friends, which occur inside real texts.
+    for number, line in enumerate(text.split("\n"), start=1):
+        yield number, line.rstrip("\r")
+
+
+def read_jsonl(path: str | Path, *, lenient: bool = False) -> Iterator[tuple[int, dict]]:
+    """One JSON object per line; blank lines are ignored."""
+    name = str(path)
+    skips = _Skips(name, lenient)
+    for number, line in _lines(read_text(path)):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            skips.bad(DataError(name, number, f"invalid JSON ({e.msg} at column {e.colno})"))
+            continue
+        if not isinstance(record, dict):
+            skips.bad(DataError(name, number, f"expected a JSON object, got {type(record).__name__}"))
+            continue
+        yield number, record
+    skips.report()
+
+
+def read_json(path: str | Path) -> Any:
+    """A whole JSON document."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_json_records(path: str | Path, *, lenient: bool = False) -> Iterator[tuple[int, dict]]:
+    """A whole-JSON file holding a list of objects; ``where`` is the 0-based index in that list."""
+    document = read_json(path)
+    if not isinstance(document, list):
+        raise DataError(path, None, f"expected a JSON list of records, got {type(document).__name__}")
+    skips = _Skips(str(path), lenient)
+    for index, record in enumerate(document):
+        if not isinstance(record, dict):
+            skips.bad(DataError(path, index, f"expected a JSON object, got {type(record).__name__}", unit="record"))
+            continue
+        yield index, record
+    skips.report()
+
+
+def read_delimited(
+    path: str | Path,
+    *,
+    delimiter: str = "\t",
+    header: bool = False,
+    fieldnames: Sequence[str] | None = None,
+    quoted: bool | None = None,
+    member: str | None = None,
+    lenient: bool = False,
+) -> Iterator[tuple[int, dict[str, str] | list[str]]]:
+    """CSV or TSV rows: dicts keyed by the header row (``header``) or by ``fieldnames``, else lists of fields.
+
+    ``fieldnames`` names the columns of a file without a header (with ``header`` too, it overrides the
+    header's names). With column names every row must have exactly that many fields. ``quoted`` turns on CSV double-quote
+    handling (default: on for commas, off for tabs, because TSV task files contain unbalanced quote
+    characters inside their texts). Blank lines are ignored.
+    """
+    name = display_name(path, member)
+    text = read_text(path, member)
+    skips = _Skips(name, lenient)
+    if quoted is None:
+        quoted = delimiter == ","
+    rows = _csv_rows(text, delimiter, name) if quoted else _split_lines(text, delimiter)
+    names = list(fieldnames) if fieldnames is not None else None
+    header_seen = not header
+    for number, fields in rows:
+        if not header_seen:
+            header_seen = True
+            names = names or [f.strip() for f in fields]
+            continue
+        if names is None:
+            yield number, fields
+        elif len(fields) != len(names):
+            skips.bad(
+                DataError(name, number, f"expected {len(names)} fields separated by {delimiter!r}, got {len(fields)}")
+            )
+        else:
+            yield number, dict(zip(names, fields))  # noqa: B905 (the lengths were just compared)
+    if not header_seen:
+        raise DataError(name, None, "empty file: no header row")
+    skips.report()
+
+
+def _split_lines(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank lines split at ``delimiter``, with their line numbers."""
+    for number, line in _lines(text):
+        if line and not line.isspace():
+            yield number, line.split(delimiter)
+
+
+def _csv_rows(text: str, delimiter: str, name: str) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank CSV records (quoted fields may span lines), with the number of their first line."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    start = 1
+    try:
+        for fields in reader:
+            if "".join(fields).strip():
+                yield start, fields
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise DataError(name, start, f"unreadable CSV ({e})") from None
+
+
+def read_blocks(path: str | Path, *, lenient: bool = False) -> Iterator[tuple[int, list[str]]]:
+    """Records separated by blank lines; yields the first line number and the record's lines."""
+    del lenient  # any text parses as blocks; what a block must hold is the converter's business
+    block: list[str] = []
+    start = 0
+    for number, line in _lines(read_text(path)):
+        if line.strip():
+            if not block:
+                start = number
+            block.append(line)
+        elif block:
+            yield start, block
+            block = []
+    if block:
+        yield start, block
+
+
+def read_xlsx(path: str | Path, *, sheet: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Spreadsheet rows as dicts keyed by the first row; ``where`` is the 1-based row number."""
+    import openpyxl  # only CHIP-CTC's category table is a spreadsheet
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        rows = (book[sheet] if sheet else book.worksheets[0]).iter_rows(values_only=True)
+        names = [str(v).strip() if v is not None else "" for v in next(rows, ())]
+        for number, values in enumerate(rows, start=2):
+            if any(v is not None for v in values):
+                yield number, dict(zip(names, values, strict=False))
+    finally:
+        book.close()
+
+
+def convert_records(
+    path: str | Path,
+    rows: Iterable[tuple[int, Any]],
+    convert: Callable[[int, Any], T],
+    *,
+    lenient: bool = False,
+    unit: str = "line",
+) -> list[T]:
+    """Apply ``convert(where, record)`` to every row.
+
+    A :class:`DataError` from ``convert`` propagates in strict mode and is counted and skipped in lenient
+    mode. A ``KeyError``/``TypeError``/``ValueError`` raised by ``convert`` (a record of the wrong shape) is
+    turned into a :class:`DataError` naming the file and line first.
+    """
+    name = str(path)
+    skips = _Skips(name, lenient)
+    out: list[T] = []
+    for where, record in rows:
+        try:
+            out.append(convert(where, record))
+        except DataError as e:
+            skips.bad(e)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            problem = f"missing field {e}" if isinstance(e, KeyError) else f"malformed record ({e})"
+            skips.bad(DataError(name, where, problem, unit=unit))
+    skips.report("unconvertible")
+    return out

@@ -1,0 +1,80 @@
+"""Predictions and metrics for any model that maps a batch to start/end logits.
+
+Every method (modular prompts, prompt tuning, fine-tuning, a black-box candidate) is evaluated
+through the same function, so a table compares methods and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from modprompt.data.encoding import EncodedExample, MRCEncoder, span_to_text
+from modprompt.data.mrc import MRCExample
+from modprompt.head import best_spans, option_scores
+from modprompt.metrics import accuracy, exact_match_f1
+
+#: ``forward(batch, tasks) -> (start_logits, end_logits)`` for a collated batch and its examples' tasks.
+Forward = Callable[[dict, list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Prediction:
+    example: MRCExample
+    text: str  # the predicted option or span text
+    option: int | None = None  # the predicted option index (option tasks)
+    scores: list[float] | None = None  # per-option log-scores (option tasks)
+
+
+def _batches(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@torch.no_grad()
+def predict(forward: Forward, encoder: MRCEncoder, examples: Sequence[MRCExample], batch_size: int = 16) -> list[Prediction]:
+    """Predict every example: the best option, or the best passage span mapped back to text."""
+    encoded = encoder.encode_all(examples)
+    # Sorting by length keeps padding (wasted compute) small; results are put back in input order.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    by_index: dict[int, Prediction] = {}
+    chunks = list(_batches(order, batch_size))
+    for chunk in tqdm(chunks, desc="predict", leave=False, disable=None if len(chunks) > 4 else True):
+        items: list[EncodedExample] = [encoded[i] for i in chunk]
+        batch = encoder.collate(items)
+        start, end = forward(batch, [e.example.task for e in items])
+        if any(e.option_spans for e in items):
+            scores = option_scores(start, end, batch)
+        spans = best_spans(start, end, batch) if any(not e.option_spans for e in items) else None
+        for row, (index, item) in enumerate(zip(chunk, items)):
+            if item.option_spans:
+                row_scores = scores[row, : len(item.option_spans)]
+                best = int(row_scores.argmax())
+                by_index[index] = Prediction(item.example, item.example.options[best], best, row_scores.tolist())
+            else:
+                by_index[index] = Prediction(item.example, span_to_text(item, *spans[row]))
+    return [by_index[i] for i in range(len(encoded))]
+
+
+def score(predictions: Sequence[Prediction]) -> dict[str, float]:
+    """Accuracy for option tasks; exact match and F1 for extractive ones (both when mixed)."""
+    metrics: dict[str, float] = {"examples": len(predictions)}
+    options = [p for p in predictions if p.option is not None and p.example.label is not None]
+    spans = [p for p in predictions if p.option is None and p.example.answers]
+    if options:
+        metrics["accuracy"] = accuracy([p.option for p in options], [p.example.label for p in options])
+    if spans:
+        metrics.update(exact_match_f1([p.text for p in spans], [p.example.answers for p in spans]))
+    return metrics
+
+
+def evaluate(forward: Forward, encoder: MRCEncoder, examples: Sequence[MRCExample], batch_size: int = 16) -> dict[str, float]:
+    return score(predict(forward, encoder, examples, batch_size))
+
+
+def main_metric(metrics: dict[str, float]) -> float:
+    """The one number a task is ranked by: accuracy, else F1."""
+    return metrics["accuracy"] if "accuracy" in metrics else metrics.get("f1", 0.0)

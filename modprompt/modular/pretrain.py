@@ -1,0 +1,150 @@
+"""Multi-task pre-training of a deep modular prompt bank (MP2 stage 0).
+
+The backbone stays frozen; the bank's modules and projections, the per-task routers and the MRC head
+train on the upstream mixture, one uniformly drawn task per micro-batch. Routers learn at MP2's
+5e-4, the bank and head at 1e-4, and routing is a relaxed-Bernoulli sample whose temperature anneals
+over the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from modprompt.backbone import load_backbone
+from modprompt.data.encoding import EncodingConfig, MRCEncoder
+from modprompt.data.mrc import MRCExample, Role
+from modprompt.data.registry import load_examples
+from modprompt.data.task import all_tasks, get_task
+from modprompt.head import span_loss
+from modprompt.modular.config import ModularPromptConfig
+from modprompt.modular.model import ModularPromptModel
+from modprompt.modular.router import annealed_temperature
+from modprompt.training.trainer import MultiTaskObjective, MultiTaskTrainer, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pre-training run needs; stored as JSON (see ``modprompt/configs``)."""
+
+    backbone: str = "gemma-3-270m"
+    tasks: list[str] = field(default_factory=list)  # empty: every upstream task
+    max_length: int = 256
+    held_out_per_task: int = 100
+    lr_router: float = 5e-4
+    lr_prompt: float = 1e-4
+    num_modules: int = 8
+    num_tokens: int = 16
+    rank: int = 16
+    router: str = "per_layer"
+    temperature_start: float = 1.0
+    temperature_end: float = 0.1
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> PretrainConfig:
+        data = json.loads(Path(path).read_text())
+        train = TrainConfig(**data.pop("train", {}))
+        try:
+            return cls(train=train, **data)
+        except TypeError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def prompt_config(self, num_layers: int, hidden_size: int) -> ModularPromptConfig:
+        return ModularPromptConfig(
+            num_layers=num_layers,
+            hidden_size=hidden_size,
+            num_modules=self.num_modules,
+            num_tokens=self.num_tokens,
+            rank=self.rank,
+            router=self.router,
+            temperature_start=self.temperature_start,
+            temperature_end=self.temperature_end,
+        )
+
+
+class ModularPromptObjective(MultiTaskObjective):
+    """Span loss of a modular-prompt model under sampled routing; the backbone never trains."""
+
+    def __init__(self, model: ModularPromptModel, encoder: MRCEncoder, lr_router: float, lr_prompt: float, steps: int):
+        self.module = model
+        self.model = model
+        self.encoder = encoder
+        self.lr_router = lr_router
+        self.lr_prompt = lr_prompt
+        self.steps = steps
+        model.backbone.freeze()
+
+    def param_groups(self) -> list[dict]:
+        m = self.model
+        return [
+            {"params": [m.router.logits], "lr": self.lr_router},
+            {"params": [*m.bank.parameters(), *m.head.parameters()], "lr": self.lr_prompt},
+        ]
+
+    def temperature(self, step: int) -> float:
+        c = self.model.config
+        return annealed_temperature(step, self.steps, c.temperature_start, c.temperature_end)
+
+    def loss(self, batch: dict, tasks: list[str], step: int, generator: torch.Generator) -> torch.Tensor:
+        start, end = self.model(batch, self.model.task_ids(tasks), self.temperature(step), generator)
+        return span_loss(start, end, batch)
+
+    def forward(self, batch: dict, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(batch, self.model.task_ids(tasks))
+
+
+def upstream_data(
+    tasks: list[str], data_root: Path, held_out_per_task: int, seed: int = 0
+) -> tuple[dict[str, list[MRCExample]], dict[str, list[MRCExample]]]:
+    """Training examples and a fixed held-out sample per task (its dev split, else its test split)."""
+    train, held_out = {}, {}
+    for name in tasks:
+        task = get_task(name)
+        if task.role != Role.UPSTREAM:
+            raise ValueError(f"task {name!r} is {task.role.value}; pre-training uses upstream tasks only")
+        train[name] = load_examples(name, "train", data_root)
+        split = "dev" if "dev" in task.splits else "test" if "test" in task.splits else None
+        if split and held_out_per_task:
+            examples = load_examples(name, split, data_root)
+            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))
+            held_out[name] = [examples[i] for i in order[:held_out_per_task].tolist()]
+    return train, held_out
+
+
+def build_model(config: PretrainConfig, tasks: list[str], seed: int) -> tuple[ModularPromptModel, MRCEncoder]:
+    backbone = load_backbone(config.backbone)
+    torch.manual_seed(seed)
+    model = ModularPromptModel(backbone, config.prompt_config(backbone.num_layers, backbone.hidden_size), tasks)
+    encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(config.max_length, config.num_tokens))
+    return model, encoder
+
+
+def pretrain(config: PretrainConfig, run_dir: str | Path, data_root: Path, until: int | None = None) -> dict:
+    """Train (or resume) a bank in ``run_dir``, stopping at step ``until`` if given.
+
+    The bank is saved to ``run_dir/bank`` whenever a call ends, finished or not.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    tasks = config.tasks or sorted(t.name for t in all_tasks(Role.UPSTREAM))
+    train, held_out = upstream_data(tasks, data_root, config.held_out_per_task, config.train.seed)
+    model, encoder = build_model(config, tasks, config.train.seed)
+    sample = [example for name in tasks for example in train[name][:2]]
+    model.calibrate(encoder.collate(encoder.encode_all(sample)))
+    objective = ModularPromptObjective(model, encoder, config.lr_router, config.lr_prompt, config.train.steps)
+    trainer = MultiTaskTrainer(objective, config.train, train, held_out, run_dir)
+    summary = trainer.run(until)
+    if trainer.rank == 0:
+        model.save_pretrained(run_dir / "bank")
+    return summary

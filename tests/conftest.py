@@ -1,0 +1,22 @@
+"""Shared fixtures: the real data mirror, and tiny randomly initialised backbones (see tests/tiny.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The local mirror of the raw task files (``OWNER+NAME/<path>``)."""
+    root = Path(os.environ.get("MODPROMPT_DATA", REPO.parent / "shared" / "data" / "raw"))
+    if not root.is_dir():
+        pytest.fail(f"task data mirror not found at {root}; set MODPROMPT_DATA")
+    return root
+
+
+pytest_plugins = ["fixtures_tiny"]
