@@ -11,11 +11,11 @@ from pathlib import Path
 logger = logging.getLogger("modprompt")
 
 
-def _print_json(obj) -> None:
+def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def _data_root(value: str | None) -> Path:
+def data_root_arg(value: str | None) -> Path:
     from modprompt.data.download import default_data_root
 
     return Path(value) if value else default_data_root()
@@ -36,11 +36,11 @@ def _add_tasks(sub) -> None:
 def _run_tasks(args) -> int:
     from modprompt.data.registry import task_table
 
-    table = task_table(_data_root(args.data), lenient=args.lenient)
+    table = task_table(data_root_arg(args.data), lenient=args.lenient)
     if args.role:
         table = [row for row in table if row["role"] == args.role]
     if args.json:
-        _print_json(table)
+        print_json(table)
         return 0
     width = max(len(row["name"]) for row in table)
     for row in table:
@@ -67,10 +67,10 @@ def _add_data(sub) -> None:
 def _run_data(args) -> int:
     from modprompt.data.download import fetch, verify
 
-    dest = _data_root(args.dest)
+    dest = data_root_arg(args.dest)
     if args.verify:
         problems = verify(dest, only=args.only)
-        _print_json({"dest": str(dest), "ok": not problems, "problems": problems})
+        print_json({"dest": str(dest), "ok": not problems, "problems": problems})
         return 0 if not problems else 1
     report = fetch(
         dest,
@@ -79,7 +79,7 @@ def _run_data(args) -> int:
         only=args.only,
         progress=False if args.no_progress else None,
     )
-    _print_json(
+    print_json(
         {
             "dest": str(dest),
             "ok": report.ok,
@@ -107,12 +107,12 @@ def _run_backbone(args) -> int:
     if args.action == "prepare":
         from modprompt.gemma import prepare_gemma
 
-        _print_json({"path": str(prepare_gemma(overwrite=args.overwrite))})
+        print_json({"path": str(prepare_gemma(overwrite=args.overwrite))})
         return 0
     from modprompt.backbone import load_backbone
 
     backbone = load_backbone(args.backbone)
-    _print_json(backbone.info.to_dict())
+    print_json(backbone.info.to_dict())
     return 0
 
 
@@ -131,12 +131,21 @@ def _add_pretrain(sub) -> None:
 def _run_pretrain(args) -> int:
     from modprompt.modular.pretrain import PretrainConfig, pretrain
 
-    summary = pretrain(PretrainConfig.from_json(args.config), args.run_dir, _data_root(args.data), until=args.until)
-    _print_json({k: v for k, v in summary.items() if k not in ("history", "evaluations")})
+    summary = pretrain(PretrainConfig.from_json(args.config), args.run_dir, data_root_arg(args.data), until=args.until)
+    print_json({k: v for k, v in summary.items() if k not in ("history", "evaluations")})
     return 0
 
 
-_COMMANDS = (_add_tasks, _add_data, _add_backbone, _add_pretrain)
+def _subcommands() -> tuple:
+    # Each feature owns its subcommand module; imported here, on demand, to keep start-up light.
+    from modprompt.adapt.cli import add_adapt, add_predict
+    from modprompt.baselines.prefinetune_cli import add_parser as add_prefinetune
+    from modprompt.blackbox.cli import add_bbt_parser, add_serve_parser
+
+    return (
+        _add_tasks, _add_data, _add_backbone, _add_pretrain, add_prefinetune, add_adapt, add_predict,
+        add_serve_parser, add_bbt_parser,
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in _COMMANDS:
+    for add in _subcommands():
         add(sub)
     return parser
 

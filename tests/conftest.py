@@ -20,3 +20,15 @@ def data_root() -> Path:
 
 
 pytest_plugins = ["fixtures_tiny"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry():
+    """User tasks any test registers are removed afterwards, so the built-in suite stays as it is."""
+    from modprompt.data.task import all_tasks, unregister
+
+    before = {task.name for task in all_tasks()}
+    yield
+    for task in all_tasks():
+        if task.name not in before:
+            unregister(task.name)

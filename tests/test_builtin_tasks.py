@@ -97,7 +97,11 @@ def test_roles_are_exactly_the_35_upstream_and_8_downstream_tasks():
 
 def test_excluded_files_are_read_by_no_task():
     files = [f for t in all_tasks() for f in t.files]
-    assert not [f for f in files if f.startswith(("CLUEbenchmark+OCNLI/", "zejunwang1+bertorch/", "ydli-ai+CSL/benchmark/cls_dcp"))]
+    assert not [
+        f
+        for f in files
+        if f.startswith(("CLUEbenchmark+OCNLI/", "zejunwang1+bertorch/", "ydli-ai+CSL/benchmark/cls_dcp"))
+    ]
 
 
 def test_task_metadata():
@@ -147,7 +151,9 @@ def test_loading_returns_a_fresh_list_from_the_cache(data_root):
 def test_eprstmt_single_sentence(data_root):
     [example] = [e for e in load("eprstmt", "train_0", data_root) if e.source.endswith("train_0.json:1")]
     assert example.query == "这条商品评论的情感是？"
-    assert example.passage.startswith("物流很快，早上下单，下午就到了。") and example.passage.endswith("1580元买这耳机亏大了。")
+    assert example.passage.startswith("物流很快，早上下单，下午就到了。") and example.passage.endswith(
+        "1580元买这耳机亏大了。"
+    )
     assert example.options == ("负面", "正面") and example.answer_text == "负面"
     assert example.texts == (example.passage,)
 
@@ -163,7 +169,10 @@ def test_bustm_sentence_pair(data_root):
 
 def test_ocnli_nli(data_root):
     example = by_source(load("ocnli", "train_0", data_root), "CLUEbenchmark+FewCLUE/datasets/ocnli/train_0.json:1")
-    assert example.texts == ("七五期间开始,国家又投资将武汉市区的部分土堤改建为钢筋泥凝土防水墙", "八五期间会把剩下的土堤都改建完")
+    assert example.texts == (
+        "七五期间开始,国家又投资将武汉市区的部分土堤改建为钢筋泥凝土防水墙",
+        "八五期间会把剩下的土堤都改建完",
+    )
     assert example.options == ("蕴含", "中立", "矛盾") and example.answer_text == "中立"
     assert example.query == "句子一和句子二是什么关系？"
 
@@ -176,7 +185,10 @@ def test_tnews_iflytek_csldcp_label_words(data_root):
     assert iflytek.passage.startswith("闪客蜂是一款地铁快速购票软件") and iflytek.answer_text == "公共交通"
     assert len(iflytek.options) == 119
     csldcp = by_source(load("csldcp", "train_0", data_root), "CLUEbenchmark+FewCLUE/datasets/csldcp/train_0.json:1")
-    assert csldcp.passage.startswith("为保证发动机在不同的转速时都具有最佳点火提前角") and csldcp.answer_text == "控制科学与工程"
+    assert (
+        csldcp.passage.startswith("为保证发动机在不同的转速时都具有最佳点火提前角")
+        and csldcp.answer_text == "控制科学与工程"
+    )
 
 
 def test_chid_cloze_multiple_choice(data_root):
@@ -189,7 +201,9 @@ def test_chid_cloze_multiple_choice(data_root):
 
 def test_cluewsc_marks_the_pronoun(data_root):
     examples = load("cluewsc", "train", data_root)
-    [example] = [e for e in examples if e.texts[0].startswith("为什么要出现一个身穿军装的高大男人？") and "树叶" in e.query]
+    [example] = [
+        e for e in examples if e.texts[0].startswith("为什么要出现一个身穿军装的高大男人？") and "树叶" in e.query
+    ]
     assert example.query == "文中【他】指的是「树叶」吗？"
     assert example.passage == "为什么要出现一个身穿军装的高大男人？就像一片树叶飘入了树林，【他】走到了我的家人中间。"
     assert example.options == ("否", "是") and example.answer_text == "否"
@@ -234,7 +248,10 @@ def test_cblue_records(data_root):
     ctc = load("chip_ctc", "dev", data_root)
     first = by_source(ctc, "Sherlock-coder+CBLUE/data/CHIP-CTC/CHIP-CTC_dev.json:0")
     # the raw text starts with a space, which is stripped
-    assert first.passage == "4）既往患有骨髓增生异常综合征（Myelodysplastic syndrome，MDS）的患者，或者未定型的急性白血病患者。"
+    assert (
+        first.passage
+        == "4）既往患有骨髓增生异常综合征（Myelodysplastic syndrome，MDS）的患者，或者未定型的急性白血病患者。"
+    )
     assert first.answer_text == "疾病"
     oral = by_source(ctc, "Sherlock-coder+CBLUE/data/CHIP-CTC/CHIP-CTC_dev.json:3")
     assert oral.answer_text == "口腔相关"
@@ -257,7 +274,9 @@ def test_chip_ctc_label_words_follow_category_xlsx(data_root):
     ours = {raw: CTC.words[i] for raw, i in CTC.index_of.items()}
     shortened = {"Symptom": "症状", "Sign": "体征", "Multiple": "多类别"}  # documented in cblue.py
     assert set(ours) == set(sheet) and len(ours) == 44
-    assert {k: v for k, v in ours.items() if k not in shortened} == {k: v for k, v in sheet.items() if k not in shortened}
+    assert {k: v for k, v in ours.items() if k not in shortened} == {
+        k: v for k, v in sheet.items() if k not in shortened
+    }
     assert sheet["Symptom"].startswith("症状") and sheet["Sign"].startswith("体征") and "多类别" in sheet["Multiple"]
     assert {k: ours[k] for k in shortened} == shortened
 
@@ -313,7 +332,9 @@ def test_ccpm_and_cmrc(data_root):
     ccpm = by_source(load("ccpm", "dev", data_root), "THUNLP-AIPoet+CCPM/valid.jsonl:1")
     assert ccpm.passage == "昏暗的灯熄灭了又被重新点亮。"
     assert ccpm.options == ("渔灯灭复明", "残灯灭又然", "残灯暗复明", "残灯灭又明") and ccpm.answer_text == "残灯灭又明"
-    cmrc = by_source(load("cmrc2018", "train", data_root), "ymcui+cmrc2018/squad-style-data/cmrc2018_dev.json:DEV_0_QUERY_0")
+    cmrc = by_source(
+        load("cmrc2018", "train", data_root), "ymcui+cmrc2018/squad-style-data/cmrc2018_dev.json:DEV_0_QUERY_0"
+    )
     assert cmrc.query == "《战国无双3》是由哪两个公司合作开发的？" and cmrc.options == ()
     assert cmrc.span == (11, 21) and cmrc.answer_text == "光荣和ω-force" and cmrc.answers == ("光荣和ω-force",)
     assert cmrc.texts == (cmrc.query, cmrc.passage)
@@ -344,7 +365,9 @@ def test_sentence_pair_upstream_records(data_root):
     pawsx = by_source(load("pawsx", "train", data_root), "zejunwang1+CSTS/PAWS-X/dev_2k.tsv:2")
     assert pawsx.texts[0].startswith("Four Rivers 委员会与 Audubon") and pawsx.answer_text == "相同"
     stsb = by_source(load("stsb", "dev", data_root), "zejunwang1+CSTS/Chinese-STS-B/sts-b-dev.txt:2")
-    assert stsb.texts == ("一个小孩在骑马。", "孩子在骑马。") and stsb.answer_text == "基本相同" and len(stsb.options) == 6
+    assert (
+        stsb.texts == ("一个小孩在骑马。", "孩子在骑马。") and stsb.answer_text == "基本相同" and len(stsb.options) == 6
+    )
     cmnli = by_source(load("cmnli", "train", data_root), "zejunwang1+CSTS/Chinese-MNLI/dev.txt:1")
     assert cmnli.texts == ("新的权利已经足够好了", "每个人都很喜欢最新的福利") and cmnli.answer_text == "中立"
     snli = by_source(load("snli", "test", data_root), "zejunwang1+CSTS/Chinese-SNLI/test.txt:1")
@@ -354,7 +377,9 @@ def test_sentence_pair_upstream_records(data_root):
 
 
 def test_single_text_upstream_records(data_root):
-    thuc = by_source(load("thucnews", "dev", data_root), "649453932+Chinese-Text-Classification-Pytorch/THUCNews/data/dev.txt:1")
+    thuc = by_source(
+        load("thucnews", "dev", data_root), "649453932+Chinese-Text-Classification-Pytorch/THUCNews/data/dev.txt:1"
+    )
     assert thuc.passage == "体验2D巅峰 倚天屠龙记十大创新概览" and thuc.answer_text == "游戏"
     ctg = by_source(load("csl_category", "dev", data_root), "ydli-ai+CSL/benchmark/cls_ctg/dev.tsv:2")
     assert ctg.passage == "水运工程施工项目全过程管理的有效性探索" and ctg.answer_text == "工学"
@@ -385,7 +410,11 @@ def test_online_shopping_tasks_share_the_split(data_root):
         for split in ("train", "dev", "test")
         for e in load(name, split, data_root)
     }
-    category = {e.source: (split, e.answer_text) for split in ("train", "dev", "test") for e in load("shopping_category", split, data_root)}
+    category = {
+        e.source: (split, e.answer_text)
+        for split in ("train", "dev", "test")
+        for e in load("shopping_category", split, data_root)
+    }
     shared = per_category.keys() & category.keys()
     assert len(shared) > 10000 and all(per_category[s] == category[s][0] for s in shared)
     first = "SophonPlus+ChineseNlpCorpus/datasets/online_shopping_10_cats/online_shopping_10_cats.zip[online_shopping_10_cats.csv]:2"
@@ -393,7 +422,18 @@ def test_online_shopping_tasks_share_the_split(data_root):
     [book] = [e for s in ("train", "dev", "test") for e in load("shopping_books", s, data_root) if e.source == first]
     assert book.passage.startswith("做父母一定要有刘墉这样的心态") and book.answer_text == "正面"  # the BOM is gone
     assert book.query == "这条书籍评论的情感是？"
-    assert get_task("shopping_category").label_words == ("书籍", "平板", "手机", "水果", "洗发水", "热水器", "蒙牛", "衣服", "计算机", "酒店")
+    assert get_task("shopping_category").label_words == (
+        "书籍",
+        "平板",
+        "手机",
+        "水果",
+        "洗发水",
+        "热水器",
+        "蒙牛",
+        "衣服",
+        "计算机",
+        "酒店",
+    )
 
 
 # ---- cleaning rules on synthetic examples ------------------------------------------------------------------
@@ -416,13 +456,24 @@ def test_clean_drops_empty_duplicates_and_conflicts_and_logs_counts(caplog):
 
 def test_clean_relation_keeps_real_relations_and_drops_the_null_copy():
     options = ("无关系", "合作", "签约")
-    examples = [ex("甲乙签约", 0, options), ex("甲乙签约", 1, options), ex("甲乙签约", 2, options), ex("丙丁", 0, options)]
+    examples = [
+        ex("甲乙签约", 0, options),
+        ex("甲乙签约", 1, options),
+        ex("甲乙签约", 2, options),
+        ex("丙丁", 0, options),
+    ]
     kept = clean(examples, "t", null_option="无关系")
-    assert [(e.passage, e.answer_text) for e in kept] == [("甲乙签约", "合作"), ("甲乙签约", "签约"), ("丙丁", "无关系")]
+    assert [(e.passage, e.answer_text) for e in kept] == [
+        ("甲乙签约", "合作"),
+        ("甲乙签约", "签约"),
+        ("丙丁", "无关系"),
+    ]
 
 
 def test_clean_distinguishes_queries_and_options():
-    kept = clean([ex("文", 0, query="q1"), ex("文", 1, query="q2"), ex("文", 0, ("a", "b")), ex("文", 1, ("c", "d"))], "t")
+    kept = clean(
+        [ex("文", 0, query="q1"), ex("文", 1, query="q2"), ex("文", 0, ("a", "b")), ex("文", 1, ("c", "d"))], "t"
+    )
     assert len(kept) == 4
 
 

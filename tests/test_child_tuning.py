@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from modprompt.adapt.config import AdaptConfig
+from modprompt.adapt.loop import fit
+from modprompt.adapt.methods import create_method
+from modprompt.backbone import load_backbone
+from modprompt.baselines.adapt_methods import RESERVE_P
 from modprompt.baselines.child_tuning import ChildTuningAdamW, child_masks, fisher_information
+from modprompt.data.mrc import MRCExample
 
 
 def _fresh_gradient(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -17,7 +23,7 @@ def _fresh_gradient(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 
 def test_child_f_keeps_each_gradient_entry_with_probability_p():
     reserve_p = 0.3
-    p = nn.Parameter(torch.randn(200, 200))  # 40k entries: the kept fraction's std is 0.0023
+    p = nn.Parameter(torch.randn(100, 200))  # 20k entries: the kept fraction's std is 0.0032
     data = torch.Generator().manual_seed(1)
     opt = ChildTuningAdamW([p], lr=1e-3, weight_decay=0.0, mode="F", reserve_p=reserve_p,
                            generator=torch.Generator().manual_seed(2))
@@ -199,3 +205,39 @@ def test_child_masks_keep_exactly_the_top_fraction_globally():
         assert flat[kept].min() >= flat[~kept].max()
     with pytest.raises(ValueError, match="NaN"):
         child_masks({"a": torch.tensor([1.0, float("nan")])}, 0.5)
+
+
+SENTENCES = ["房间很干净", "服务太差了", "早餐很丰富", "再也不来了", "位置很方便", "隔音很糟糕", "床很舒服", "前台态度差"]
+TRAIN = [MRCExample("senti", "这条评论的情感是？", s, ("正面", "负面"), label=i % 2) for i, s in enumerate(SENTENCES)]
+
+
+def _adapt(backbone_path, method_name):
+    """Adapt a fresh method to TRAIN; returns it and every parameter's value before training (by id)."""
+    backbone = load_backbone(backbone_path)
+    config = AdaptConfig(method=method_name, batch_size=4, max_epochs=2, max_length=64)
+    method = create_method(backbone, config, "senti")
+    encoder = method.encoder()
+    method.prepare(encoder, TRAIN)
+    before = {id(p): p.detach().clone() for p in method.parameters()}
+    fit(method, encoder, TRAIN, [], config)  # no dev set: the last state is kept
+    return method, before
+
+
+def test_child_d_method_trains_only_its_child_network_in_the_blocks(tiny_decoder):
+    method, before = _adapt(tiny_decoder, "child-d")
+    kept = total = changed_inside = 0
+    for name, p in method.backbone.blocks.named_parameters():
+        mask, moved = method.child[name], p.detach() != before[id(p)]
+        assert not moved[~mask].any(), name  # outside the child: bit-identical after training
+        kept, total, changed_inside = kept + int(mask.sum()), total + mask.numel(), changed_inside + int(moved[mask].sum())
+    assert kept == round(RESERVE_P * total) and changed_inside > 0.95 * kept
+    assert (method.head.proj.weight != before[id(method.head.proj.weight)]).all()  # the head trains in full
+    assert method.trainable_parameters() == sum(p.numel() for p in method.parameters())  # as ft
+
+
+def test_child_f_method_trains_through_the_child_tuning_optimizer(tiny_encoder):
+    method, before = _adapt(tiny_encoder, "child-f")
+    stage = method.stages()[0]
+    optimizer = stage.optimizer(stage.param_groups)
+    assert isinstance(optimizer, ChildTuningAdamW) and optimizer.mode == "F" and optimizer.reserve_p == RESERVE_P
+    assert any(not torch.equal(p.detach(), before[id(p)]) for p in method.backbone.blocks.parameters())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 
 import pytest
 
@@ -15,9 +16,9 @@ from modprompt.data.task import all_tasks, get_task
 LEAKED = {
     "chnsenticorp_htl": 3076,
     "shopping_books": 3019,
-    "shopping_computer": 3678,
+    "shopping_computer": 3680,
     "shopping_hotel": 2808,
-    "shopping_category": 9510,
+    "shopping_category": 9512,
     "shopping_tablet": 1,
     "book_review": 1,
     "oppo": 87,
@@ -32,25 +33,34 @@ def norm(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def raw_downstream(data_root) -> tuple[set[str], set[frozenset[str]]]:
-    """Downstream texts and pairs read straight from the raw files, without modprompt's converters."""
-    texts: set[str] = set()
-    pairs: set[frozenset[str]] = set()
+    """Downstream texts and pairs read straight from the raw files, without modprompt's converters.
+
+    As in modprompt, an input that carries conflicting labels within a file is not downstream data (cleaning
+    removes it; only ChnSentiCorp has such inputs).
+    """
+    inputs: list[dict[tuple[str, ...], set]] = []
     fields = {"eprstmt": ["sentence"], "bustm": ["sentence1", "sentence2"], "ocnli": ["sentence1", "sentence2"],
               "csldcp": ["content"], "tnews": ["sentence"], "iflytek": ["sentence"], "chid": ["content"]}  # fmt: skip
     stems = [f"{s}_{i}" for s in ("train", "dev") for i in range(5)] + ["train_few_all", "dev_few_all", "test_public"]
     for task, keys in fields.items():
         for stem in stems:
+            labels = defaultdict(set)
             path = data_root / f"CLUEbenchmark+FewCLUE/datasets/{task}/{stem}.json"
             for line in path.read_text(encoding="utf-8").split("\n"):
                 if line.strip():
                     record = json.loads(line)
-                    values = [norm(record[k]) for k in keys]
-                    texts.update(values)
-                    if len(values) == 2:
-                        pairs.add(frozenset(values))
+                    labels[tuple(norm(record[k]) for k in keys)].add(str(record.get("answer", record.get("label"))))
+            inputs.append(labels)
     for split in ("train", "dev", "test"):
+        labels = defaultdict(set)
         path = data_root / f"dbiir+UER-py/datasets/chnsenticorp/{split}.tsv"
-        texts.update(norm(line.split("\t")[1]) for line in path.read_text(encoding="utf-8").split("\n")[1:] if line.strip())
+        for line in path.read_text(encoding="utf-8").split("\n")[1:]:
+            if line.strip():
+                label, text = line.split("\t")
+                labels[(norm(text),)].add(label)
+        inputs.append(labels)
+    texts = {t for labels in inputs for key, seen in labels.items() if len(seen) == 1 for t in key}
+    pairs = {frozenset(key) for labels in inputs for key, seen in labels.items() if len(seen) == 1 and len(key) == 2}
     return texts, pairs
 
 
@@ -60,15 +70,18 @@ def test_leakage_report_counts(data_root):
     assert {name: n for name, n in report.items() if n} == LEAKED
 
 
-@pytest.mark.parametrize("name", ["shopping_computer", "shopping_books", "shopping_hotel", "shopping_category", "chnsenticorp_htl"])
+@pytest.mark.parametrize(
+    "name", ["shopping_computer", "shopping_books", "shopping_hotel", "shopping_category", "chnsenticorp_htl"]
+)
 def test_single_text_drops_match_an_independent_count(name, data_root, raw_downstream):
     texts, _ = raw_downstream
     task = get_task(name)
     expected = sum(norm(e.passage) in texts for split in task.splits for e in task.load(split, data_root))
     assert expected == LEAKED[name]
-    assert sum(len(load_examples(name, s, data_root)) for s in task.splits) == sum(
-        len(task.load(s, data_root)) for s in task.splits
-    ) - expected
+    assert (
+        sum(len(load_examples(name, s, data_root)) for s in task.splits)
+        == sum(len(task.load(s, data_root)) for s in task.splits) - expected
+    )
 
 
 @pytest.mark.parametrize("name", ["oppo", "csl", "kuake_qqr", "afqmc", "cmnli"])
@@ -89,11 +102,13 @@ def test_online_shopping_loses_the_chnsenticorp_texts(data_root, raw_downstream)
     kept = load_examples("shopping_computer", "train", data_root)
     assert kept and not [e for e in kept if norm(e.passage) in texts]
     # what is left of the computer reviews is a small remainder: ChnSentiCorp took most of them
-    assert sum(len(load_examples("shopping_computer", s, data_root)) for s in ("train", "dev", "test")) == 3974 - 3678
+    assert sum(len(load_examples("shopping_computer", s, data_root)) for s in ("train", "dev", "test")) == 3974 - 3680
 
 
 def test_downstream_tasks_are_not_filtered(data_root):
-    assert len(load_examples("chnsenticorp", "test", data_root)) == len(get_task("chnsenticorp").load("test", data_root))
+    assert len(load_examples("chnsenticorp", "test", data_root)) == len(
+        get_task("chnsenticorp").load("test", data_root)
+    )
     assert len(load_examples("eprstmt", "test", data_root)) == 610
 
 
@@ -109,9 +124,13 @@ def test_task_table_reports_counts_after_leakage(data_root):
     rows = {r["name"]: r for r in task_table(data_root)}
     assert len(rows) == 43
     computer = rows["shopping_computer"]
-    assert computer["leaked"] == 3678 and sum(computer["splits"].values()) == 3974 - 3678
+    assert computer["leaked"] == 3680 and sum(computer["splits"].values()) == 3974 - 3680
     assert computer["kind"] == "classification" and computer["role"] == "upstream" and computer["num_options"] == 2
-    assert rows["chnsenticorp"]["leaked"] is None and rows["chnsenticorp"]["splits"] == {"train": 8218, "dev": 1177, "test": 1177}
+    assert rows["chnsenticorp"]["leaked"] is None and rows["chnsenticorp"]["splits"] == {
+        "train": 8218,
+        "dev": 1177,
+        "test": 1177,
+    }
     assert rows["cmrc2018"]["num_options"] is None and rows["cmrc2018"]["licence"] == "CC BY-SA 4.0"
     assert rows["afqmc"]["source"] == "zejunwang1/CSTS"
 

@@ -62,7 +62,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_non_utf8_text_names_the_line(tmp_path):
     path = tmp_path / "latin.tsv"
-    path.write_bytes("a\t1\n".encode() + "caf\xe9\t0\n".encode("latin-1"))
+    path.write_bytes(b"a\t1\n" + "caf\xe9\t0\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin.tsv, line 2: not UTF-8"):
         list(read_delimited(path))
 
@@ -148,7 +148,9 @@ def _nli(tmp_path: Path, text: str) -> tuple[Path, object]:
 
 
 def test_unknown_label_names_file_line_and_label(tmp_path):
-    path, convert = _nli(tmp_path, '{"s1": "a", "s2": "b", "label": "neutral"}\n{"s1": "a", "s2": "c", "label": "maybe"}\n')
+    path, convert = _nli(
+        tmp_path, '{"s1": "a", "s2": "b", "label": "neutral"}\n{"s1": "a", "s2": "c", "label": "maybe"}\n'
+    )
     with pytest.raises(DataError) as err:
         convert_records(path, read_jsonl(path), convert)
     message = str(err.value)

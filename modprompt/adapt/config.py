@@ -31,6 +31,9 @@ class AdaptConfig:
     #: examples per label drawn for train (and again for dev) by tasks without official few-shot files
     k_per_label: int = 16
     max_length: int = 256
+    #: passage tokens kept at least: a task whose query and options leave fewer within ``max_length``
+    #: (CSLDCP's 67 or IFLYTEK's 119 label words) gets a longer ``max_length`` for the run, logged
+    min_passage_tokens: int = 128
     #: prompt placeholders for ``pt``/``deep-pt``; ``None``: the bank's when one is given, else 16.
     #: Bank methods always use the bank's.
     num_tokens: int | None = None
@@ -45,6 +48,8 @@ class AdaptConfig:
     lr_backbone: float = 2e-5
     #: deep-pt's initial prompts, in units of each layer's hidden-state RMS
     init_std: float = 0.02
+    #: ``prefinetune`` only: the pre-finetuned model folder (``RUN_DIR/model`` of ``modprompt prefinetune``)
+    prefinetuned: str | None = None
     batch_size: int = 8
     max_epochs: int = 20
     #: a cap on the optimiser steps of each stage, on top of ``max_epochs`` (``None``: no cap)

@@ -64,7 +64,10 @@ def run_stage(
     method.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(stage.param_groups, weight_decay=0.0)
+    if stage.optimizer is not None:
+        optimizer = stage.optimizer(stage.param_groups)
+    else:
+        optimizer = torch.optim.AdamW(stage.param_groups, weight_decay=0.0)
     total, eval_every = stage_steps(config, len(train))
     order_gen = torch.Generator().manual_seed(_seed(config.seed, index))
 
@@ -75,10 +78,11 @@ def run_stage(
         return score
 
     timing = {"train_seconds": 0.0, "dev_seconds": 0.0}
-    best = dev_score() if dev else float("-inf")
-    best_state = [p.detach().clone() for p in params]
+    best, best_state, evaluations = None, [], []
+    if dev:
+        best, best_state = dev_score(), [p.detach().clone() for p in params]
+        evaluations.append({"step": 0, "dev": best})
     best_step, bad, step, examples_seen = 0, 0, 0, 0
-    evaluations = [{"step": 0, "dev": best}]
     losses: list[float] = []
     stopped_early = False
     while step < total and not stopped_early:
@@ -89,7 +93,9 @@ def run_stage(
             batch = encoder.collate(items)
             tasks = [e.example.task for e in items]
             temperature = stage.temperature(step, total) if stage.temperature else None
-            generator = torch.Generator().manual_seed(_seed(config.seed, index, step)) if temperature is not None else None
+            generator = (
+                torch.Generator().manual_seed(_seed(config.seed, index, step)) if temperature is not None else None
+            )
             optimizer.zero_grad(set_to_none=True)
             loss = span_loss(*method(batch, tasks, temperature, generator), batch)
             loss.backward()
@@ -97,13 +103,15 @@ def run_stage(
                 nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             timing["train_seconds"] += time.perf_counter() - started
-            losses.append(float(loss))
+            losses.append(loss.item())
             examples_seen += len(items)
             step += 1
             if dev and (step % eval_every == 0 or step == total):
                 score = dev_score()
                 evaluations.append({"step": step, "dev": score, "loss": sum(losses) / len(losses)})
-                logger.info("%s/%s step %d: loss %.4f dev %.4f", method.name, stage.name, step, evaluations[-1]["loss"], score)
+                logger.info(
+                    "%s/%s step %d: loss %.4f dev %.4f", method.name, stage.name, step, evaluations[-1]["loss"], score
+                )
                 losses = []
                 if score > best:
                     best, best_step, bad = score, step, 0
@@ -121,6 +129,7 @@ def run_stage(
                 p.copy_(value)
     else:
         best_step = step  # nothing to select on: keep the last state
+    optimizer.zero_grad(set_to_none=True)  # ft's gradients are the size of the backbone
     method.requires_grad_(False)
     return {
         "stage": stage.name,
@@ -129,7 +138,7 @@ def run_stage(
         "step_budget": total,
         "stopped_early": stopped_early,
         "best_step": best_step,
-        "best_dev": best if dev else None,
+        "best_dev": best,
         "examples_seen": examples_seen,
         **timing,
         "evaluations": evaluations,

@@ -17,7 +17,7 @@ Methods (trainable numbers for Gemma 3 270M: 18 layers, hidden 640, K 8, n 16, r
 * ``pt`` (11,522): vanilla prompt tuning, n soft tokens at the input layer plus a fresh head.
 * ``deep-pt`` (185,602): free prompts at every layer trained from scratch (P-tuning v2 style) plus a
   fresh head; no bank.
-* ``ft`` (all backbone weights + head): full fine-tuning with a fresh head and no prompts.
+* ``ft`` (268,099,458: every backbone weight + head): full fine-tuning with a fresh head and no prompts.
 
 The bank methods reuse the bank's pre-trained MRC head, frozen: it was trained with the bank on every
 upstream task in the same MRC format, so it is part of the pre-trained reader, and keeping it frozen
@@ -36,7 +36,7 @@ import hashlib
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,9 +50,11 @@ from torch import nn
 from modprompt.adapt.config import AdaptConfig
 from modprompt.backbone import Backbone
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
+from modprompt.data.mrc import MRCExample
 from modprompt.head import SpanHead
-from modprompt.modular.config import ModularPromptConfig
-from modprompt.modular.model import PROMPT_OFFSET, ModularPromptModel, PromptInjector
+from modprompt.modular.model import CONFIG_NAME as BANK_CONFIG
+from modprompt.modular.model import PROMPT_OFFSET, ModularPromptModel, PromptInjector, layer_rms
+from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.router import annealed_temperature
 
 logger = logging.getLogger(__name__)
@@ -60,8 +62,9 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CONFIG_NAME = "adapted_config.json"
 WEIGHTS_NAME = "adapted.safetensors"
-BANK_WEIGHTS = "bank.safetensors"
 DEFAULT_NUM_TOKENS = 16
+#: training examples whose hidden states set deep-pt's prompt scales (:meth:`DeepPromptTuning.prepare`)
+CALIBRATION_EXAMPLES = 16
 
 
 @dataclass
@@ -69,12 +72,15 @@ class Stage:
     """One training stage: the parameter groups that train (each with its ``lr``), nothing else.
 
     ``temperature(step, total_steps)`` set: routing is a relaxed-Bernoulli sample at that temperature
-    while training; ``None``: the forward pass is the inference one.
+    while training; ``None``: the forward pass is the inference one. ``optimizer(param_groups)`` builds
+    the stage's optimiser; ``None``: AdamW without weight decay (a method with its own update rule,
+    e.g. Child-Tuning, passes its optimiser here).
     """
 
     name: str
     param_groups: list[dict]
     temperature: Callable[[int, int], float] | None = None
+    optimizer: Callable[[list[dict]], torch.optim.Optimizer] | None = None
 
     def parameters(self) -> list[nn.Parameter]:
         unique: dict[int, nn.Parameter] = {}
@@ -127,8 +133,8 @@ class AdaptMethod(nn.Module, ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Start and end logits; ``temperature`` set: sampled routing (training)."""
 
-    def prepare(self, batch: dict) -> None:
-        """Measure what the method needs from the task's data before training (nothing by default)."""
+    def prepare(self, encoder: MRCEncoder, train: Sequence[MRCExample]) -> None:
+        """Measure what the method needs from the task's training data before training (nothing by default)."""
 
     def encoder(self) -> MRCEncoder:
         """The MRC encoder for this method: ``max_length`` of the config, this method's placeholders."""
@@ -180,14 +186,16 @@ class AdaptMethod(nn.Module, ABC):
         expected = set(self.adapted_names())
         if set(weights) != expected:
             raise ValueError(
-                f"{path} holds {sorted(set(weights) - expected) or 'no extra'} tensors beyond and lacks "
-                f"{sorted(expected - set(weights)) or 'none'} of what method {self.name!r} adapts"
+                f"{path} does not hold what method {self.name!r} adapts: unexpected "
+                f"{sorted(set(weights) - expected)}, missing {sorted(expected - set(weights))}"
             )
         state = self.state_dict(keep_vars=True)
         with torch.no_grad():
             for name, value in weights.items():
                 if state[name].shape != value.shape:
-                    raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, expected {tuple(state[name].shape)}")
+                    raise ValueError(
+                        f"{path}: {name} has shape {tuple(value.shape)}, expected {tuple(state[name].shape)}"
+                    )
                 state[name].copy_(value)
 
 
@@ -240,7 +248,10 @@ class MP2(_BankMethod):
         bank = self.model.bank
         tune = {"modules": [bank.modules_z], "projection": [bank.projection]}
         tune["both"] = tune["modules"] + tune["projection"]
-        return [self.route_stage(), Stage("prompts", [{"params": tune[self.config.mp2_tune], "lr": self.config.lr_prompt}])]
+        return [
+            self.route_stage(),
+            Stage("prompts", [{"params": tune[self.config.mp2_tune], "lr": self.config.lr_prompt}]),
+        ]
 
 
 class RouteOnly(_BankMethod):
@@ -262,7 +273,7 @@ def _with_num_tokens(config: AdaptConfig, bank_dir: str | Path | None) -> AdaptC
         return config
     n = DEFAULT_NUM_TOKENS
     if bank_dir is not None:
-        n = int(json.loads((Path(bank_dir) / "bank_config.json").read_text())["prompt"]["num_tokens"])
+        n = int(json.loads((Path(bank_dir) / BANK_CONFIG).read_text())["prompt"]["num_tokens"])
     return replace(config, num_tokens=n)
 
 
@@ -341,17 +352,6 @@ class PromptTuning(AdaptMethod):
         return self.head(hidden)
 
 
-def layer_rms(backbone: Backbone, batch: dict) -> torch.Tensor:
-    """Each layer's hidden-state RMS on ``batch``, measured as the bank measures it (its ``calibrate``)."""
-    # A one-module, one-token bank is the cheapest object that owns the measurement; the global random
-    # state is kept so that building it does not change the method's own initialisation.
-    with torch.random.fork_rng():
-        probe = ModularPromptModel(
-            backbone, ModularPromptConfig(backbone.num_layers, backbone.hidden_size, 1, 1, 1), ["probe"]
-        )
-    return probe.calibrate(batch).clone()
-
-
 class DeepPromptTuning(AdaptMethod):
     """Free prompts at every layer, trained from scratch (P-tuning v2 style), plus a fresh head.
 
@@ -379,7 +379,8 @@ class DeepPromptTuning(AdaptMethod):
     def num_prompt_tokens(self) -> int:
         return self.prompts.shape[1]
 
-    def prepare(self, batch: dict) -> None:
+    def prepare(self, encoder: MRCEncoder, train: Sequence[MRCExample]) -> None:
+        batch = encoder.collate(encoder.encode_all(train[:CALIBRATION_EXAMPLES]))
         self.layer_scale.copy_(layer_rms(self.backbone, batch))
 
     def stages(self) -> list[Stage]:
@@ -449,7 +450,9 @@ for _cls in (MP2, RouteOnly, RoutePerLayer, PromptTuning, DeepPromptTuning, Fine
     register_method(_cls)
 
 
-def create_method(backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None) -> AdaptMethod:
+def create_method(
+    backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None
+) -> AdaptMethod:
     """Build ``config.method`` for ``task``, its random parts initialised from ``config.seed``."""
     try:
         cls = METHODS[config.method]

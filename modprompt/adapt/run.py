@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -17,8 +18,10 @@ import numpy as np
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.loop import fit
 from modprompt.adapt.methods import (
+    BANK_CONFIG,
     BANK_WEIGHTS,
     CONFIG_NAME,
+    DEFAULT_NUM_TOKENS,
     FORMAT_VERSION,
     METHODS,
     AdaptMethod,
@@ -26,6 +29,7 @@ from modprompt.adapt.methods import (
     file_sha256,
 )
 from modprompt.backbone import EMBEDDED_DEFAULT, Backbone, load_backbone
+from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.fewshot import fewshot_splits
 from modprompt.data.mrc import MRCExample
 from modprompt.data.spec import load_spec
@@ -33,8 +37,6 @@ from modprompt.evaluate import evaluate, main_metric
 
 logger = logging.getLogger(__name__)
 
-#: training examples whose hidden states set the prompt scales of ``deep-pt`` (``AdaptMethod.prepare``)
-CALIBRATION_EXAMPLES = 16
 #: the fixed shuffle behind ``test_limit``/``dev_limit``: the same subset for every method and seed
 SUBSET_SEED = 0
 
@@ -49,9 +51,9 @@ def subset(examples: list[MRCExample], limit: int | None) -> list[MRCExample]:
 
 def bank_backbone(bank_dir: str | Path) -> dict:
     """The backbone identity a bank records (``bank_config.json``)."""
-    path = Path(bank_dir) / "bank_config.json"
+    path = Path(bank_dir) / BANK_CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"{bank_dir} holds no prompt bank (bank_config.json missing)")
+        raise FileNotFoundError(f"{bank_dir} holds no prompt bank ({BANK_CONFIG} missing)")
     return json.loads(path.read_text())["backbone"]
 
 
@@ -77,6 +79,17 @@ def check_backbone(recorded: dict, backbone: Backbone, what: str) -> None:
             )
     if recorded["name"] != backbone.info.name:
         logger.warning("%s was made on backbone %s; using %s", what, recorded["name"], backbone.info.name)
+
+
+def fit_max_length(config: AdaptConfig, backbone: Backbone, examples: list[MRCExample]) -> AdaptConfig:
+    """``config`` with ``max_length`` raised, if needed, to keep ``min_passage_tokens`` of passage."""
+    probe = MRCEncoder(backbone.tokenizer, EncodingConfig(config.max_length, DEFAULT_NUM_TOKENS))
+    needed = probe.fixed_length(examples) + config.min_passage_tokens
+    if needed <= config.max_length:
+        return config
+    logger.info("query and options need %d tokens: max_length %d -> %d", needed - config.min_passage_tokens,
+                config.max_length, needed)  # fmt: skip
+    return dataclasses.replace(config, max_length=needed)
 
 
 def adapt(
@@ -105,17 +118,21 @@ def adapt(
         raise ValueError("give a task name or a task spec")
     if config.method not in METHODS:
         raise KeyError(f"unknown adaptation method {config.method!r}; known: {sorted(METHODS)}")
+    if METHODS[config.method].needs_bank and bank is None:
+        raise ValueError(f"method {config.method!r} adapts a pre-trained prompt bank; give one (--bank)")
     recorded = bank_backbone(bank) if bank is not None else None
     train, dev, test = fewshot_splits(task, config.seed, data_root, config.k_per_label)
     dev, test = subset(dev, config.dev_limit), subset(test, config.test_limit)
     backbone = resolve_backbone(backbone, recorded)
     if recorded is not None:
         check_backbone(recorded, backbone, f"bank {bank}")
+    requested = config
+    config = fit_max_length(config, backbone, train + dev + test)
     method = create_method(backbone, config, task, bank)
     if method.needs_bank and task in method.bank_tasks:
         logger.warning("task %s was one of the bank's pre-training tasks; the result is not few-shot transfer", task)
     encoder = method.encoder()
-    method.prepare(encoder.collate(encoder.encode_all(train[:CALIBRATION_EXAMPLES])))
+    method.prepare(encoder, train)
     logger.info(
         "adapting %s to %s (seed %d): %d trainable parameters, %d train / %d dev / %d test examples",
         config.method, task, config.seed, method.trainable_parameters(), len(train), len(dev), len(test),
@@ -141,7 +158,8 @@ def adapt(
         "examples": {"train": len(train), "dev": len(dev), "test": len(test)},
         "backbone": backbone.info.name,
         "bank": str(Path(bank).resolve()) if method.needs_bank else None,
-        "config": config.to_dict(),
+        "config": requested.to_dict(),
+        "max_length": config.max_length,
         "stages": summary["stages"],
     }
     if out is not None:

@@ -123,7 +123,7 @@ class ChildTuningAdamW(torch.optim.AdamW):
                 if index is None:
                     target, grad = p, p.grad
                 else:
-                    target, grad = p.view(-1).index_select(0, index), p.grad.view(-1).index_select(0, index)
+                    target, grad = p.view(-1).index_select(0, index), p.grad.reshape(-1).index_select(0, index)
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0)
@@ -179,27 +179,37 @@ def fisher_information(
     ``max_grad_norm`` (None: no clipping), squared, and averaged over the batches. With one-example
     batches and no clipping this is the paper's formula exactly (the mean squared per-example
     gradient); larger batches square the batch-mean gradient, as the reference does.
-    ``loss_fn(batch)`` returns the batch's mean training loss; the module is left in whatever
-    train/eval mode the caller set, and its gradients are cleared before and after.
+    ``loss_fn(batch)`` returns the batch's mean training loss. The scored parameters get gradients
+    whether or not they require them now (their ``requires_grad`` is restored afterwards); the module
+    is left in whatever train/eval mode the caller set, and its gradients are cleared before and after.
     """
     if params is None:
         params = {name: p for name, p in module.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("no parameters to score")
     # Half-precision squares of small gradients underflow; accumulate in at least float32.
-    scores = {name: torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for name, p in params.items()}
+    scores = {name: torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32))
+              for name, p in params.items()}
+    required = {name: p.requires_grad for name, p in params.items()}
     module.zero_grad(set_to_none=True)
     count = 0
-    for batch in batches:
-        loss_fn(batch).backward()
+    try:
+        for p in params.values():
+            p.requires_grad_(True)
+        for batch in batches:
+            loss_fn(batch).backward()
+            for name, p in params.items():
+                if p.grad is None:
+                    continue
+                if max_grad_norm:
+                    nn.utils.clip_grad_norm_(p, max_grad_norm)
+                scores[name] += p.grad.to(scores[name].dtype).pow(2)
+            module.zero_grad(set_to_none=True)
+            count += 1
+    finally:
         for name, p in params.items():
-            if p.grad is None:
-                continue
-            if max_grad_norm:
-                nn.utils.clip_grad_norm_(p, max_grad_norm)
-            scores[name] += p.grad.to(scores[name].dtype).pow(2)
+            p.requires_grad_(required[name])
         module.zero_grad(set_to_none=True)
-        count += 1
     if count == 0:
         raise ValueError("fisher_information needs at least one batch")
     return {name: score / count for name, score in scores.items()}

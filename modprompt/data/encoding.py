@@ -120,13 +120,7 @@ class MRCEncoder:
         for i, ids in enumerate(option_ids):
             if not ids:
                 raise ValueError(f"{ex.source}: option {i} ({ex.options[i]!r}) gives no tokens")
-        fixed = (
-            len(self.prefix)
-            + len(query_ids)
-            + len(self.sep)
-            + sum(len(self.sep) + len(ids) for ids in option_ids)
-            + len(self.closing)
-        )
+        fixed = self._fixed(query_ids, option_ids)
         max_length = self.config.max_length
         if fixed > max_length:
             raise ValueError(
@@ -170,6 +164,27 @@ class MRCEncoder:
             answer_lost=answer_lost,
             answer_exact=answer_exact,
             example=ex,
+        )
+
+    def _fixed(self, query_ids: list[int], option_ids: list[list[int]]) -> int:
+        """Tokens an example takes besides its passage: specials, placeholders, query and options."""
+        return (
+            len(self.prefix)
+            + len(query_ids)
+            + len(self.sep)
+            + sum(len(self.sep) + len(ids) for ids in option_ids)
+            + len(self.closing)
+        )
+
+    def fixed_length(self, examples: Sequence[MRCExample]) -> int:
+        """The most tokens any of ``examples`` needs besides its passage (0 for none).
+
+        Tasks with long label lists (IFLYTEK's 119 options take ~380 Gemma tokens) need a larger
+        ``max_length`` than short ones; this says how much before anything is cut or refused.
+        """
+        tokens = self._tokenize([ex.query for ex in examples] + [o for ex in examples for o in ex.options])
+        return max(
+            (self._fixed(tokens[ex.query][0], [tokens[o][0] for o in ex.options]) for ex in examples), default=0
         )
 
     def encode(self, example: MRCExample) -> EncodedExample:

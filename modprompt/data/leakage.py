@@ -1,8 +1,10 @@
 """Keep downstream evaluation data out of pre-training: drop upstream examples whose texts occur downstream.
 
 The downstream side is every split of every built-in downstream task (the FewCLUE few-shot files, their
-``*_few_all`` files and ``test_public``, and all of ChnSentiCorp), collected from the examples' ``texts``.
-Texts are compared with all whitespace removed (:func:`~modprompt.data.builtin.convert.normalise`).
+``*_few_all`` files and ``test_public``, and all of ChnSentiCorp), collected from the ``texts`` of the examples
+as loaded, i.e. after cleaning: an input that cleaning removed from a downstream split (ChnSentiCorp's texts
+with conflicting labels) is never trained or evaluated on, so seeing it upstream leaks nothing. Texts are
+compared with whitespace and zero-width characters removed (:func:`~modprompt.data.builtin.convert.normalise`).
 
 Rule, per upstream example:
 

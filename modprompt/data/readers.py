@@ -147,9 +147,9 @@ def read_delimited(
     """CSV or TSV rows: dicts keyed by the header row (``header``) or by ``fieldnames``, else lists of fields.
 
     ``fieldnames`` names the columns of a file without a header (with ``header`` too, it overrides the
-    header's names). With column names every row must have exactly that many fields. ``quoted`` turns on CSV double-quote
-    handling (default: on for commas, off for tabs, because TSV task files contain unbalanced quote
-    characters inside their texts). Blank lines are ignored.
+    header's names). With column names every row must have exactly that many fields. ``quoted`` turns on
+    CSV double-quote handling (default: on for commas, off for tabs, because TSV task files contain
+    unbalanced quote characters inside their texts). Blank lines are ignored.
     """
     name = display_name(path, member)
     text = read_text(path, member)

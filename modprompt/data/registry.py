@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,19 @@ from modprompt.data.task import Task, all_tasks, get_task
 
 
 def _load(task: Task, split: str, data_root: Path, lenient: bool) -> tuple[list[MRCExample], int]:
-    examples = task.load(split, data_root, lenient)
+    """The examples of one split and how many the leakage filter dropped (0 for downstream tasks)."""
     if task.role is not Role.UPSTREAM:
-        return examples, 0
-    return drop_leaked(examples, downstream_index(data_root), f"{task.name}/{split}")
+        return task.load(split, data_root, lenient), 0
+    kept, dropped = _filtered(task.name, split, Path(data_root).resolve(), lenient)
+    return list(kept), dropped
+
+
+@lru_cache(maxsize=None)
+def _filtered(name: str, split: str, data_root: Path, lenient: bool) -> tuple[tuple[MRCExample, ...], int]:
+    # Only built-in tasks are upstream (user tasks are downstream), so a task name stands for fixed loaders.
+    examples = get_task(name).load(split, data_root, lenient)
+    kept, dropped = drop_leaked(examples, downstream_index(data_root), f"{name}/{split}")
+    return tuple(kept), dropped
 
 
 def load_examples(task_name: str, split: str, data_root: str | Path, lenient: bool = False) -> list[MRCExample]:

@@ -7,11 +7,11 @@ used. Example, a classification task (see ``examples/own_task/``)::
 
     {
       "name": "kefu_intent",
-      "instruction": "这位顾客想办理什么？",
+      "instruction": "这位顾客想办理什么事？",
       "files": {"train": "train.jsonl", "test": "test.jsonl"},
       "text_fields": ["text"],
       "label_field": "label",
-      "label_words": {"refund": "退款", "shipping": "物流", "invoice": "发票"}
+      "label_words": {"refund": "退款", "shipping": "物流", "address": "改地址", "invoice": "发票", "product": "商品咨询"}
     }
 
 Fields:
@@ -177,7 +177,8 @@ def read_spec(path: str | Path) -> TaskSpec:
     if len(shapes) != 1:
         raise bad(
             "label_field",
-            "give exactly one of 'label_field' (labels), 'options_field' (multiple choice) or 'context_field' (extractive QA)",
+            "give exactly one of 'label_field' (labels), 'options_field' (multiple choice) "
+            "or 'context_field' (extractive QA)",
         )
     shape = shapes[0]
     kind_raw = string("kind")
@@ -232,7 +233,7 @@ def read_spec(path: str | Path) -> TaskSpec:
     return TaskSpec(**spec, spec_path=path)
 
 
-def _reader(spec: TaskSpec, path: Path) -> tuple[Callable[..., Any], str]:
+def record_reader(spec: TaskSpec, path: Path) -> tuple[Callable[..., Any], str]:
     """The row reader for one file of the spec and the unit its positions are counted in."""
     if spec.format in ("csv", "tsv"):
         delimiter = "," if spec.format == "csv" else "\t"
@@ -305,7 +306,7 @@ def build_task(spec: TaskSpec) -> Task:
 
     def loader(split: str):
         path = spec.files[split]
-        read, unit = _reader(spec, path)
+        read, unit = record_reader(spec, path)
         make = _make_convert(spec, unit)
         return cached(
             lambda root, lenient: load_files(

@@ -65,6 +65,12 @@ def register(task: Task, *, replace: bool = False) -> Task:
     return task
 
 
+def unregister(name: str) -> None:
+    """Remove a task (a user task that is no longer wanted); unknown names are an error."""
+    if _REGISTRY.pop(name, None) is None:
+        raise KeyError(f"no task named {name!r} is registered")
+
+
 def get_task(name: str) -> Task:
     _ensure_builtins()
     try:

@@ -105,27 +105,9 @@ class ModularPromptModel(nn.Module):
             hidden = self.backbone(batch["input_ids"], batch["attention_mask"])
         return self.head(hidden)
 
-    @torch.no_grad()
     def calibrate(self, batch: dict) -> torch.Tensor:
-        """Set each layer's prompt scale to the RMS of the hidden states entering it on ``batch``.
-
-        Only real tokens after the first count: the first token (BOS/CLS) often carries an outlying norm.
-        """
-        mask = batch["attention_mask"].clone()
-        mask[:, 0] = 0
-        rms: list[torch.Tensor] = []
-
-        def record(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            rms.append((hidden.pow(2).mean(-1) * mask).sum().div(mask.sum()).sqrt())
-
-        handles = [block.register_forward_pre_hook(record, with_kwargs=True) for block in self.backbone.blocks]
-        try:
-            self.backbone(batch["input_ids"], batch["attention_mask"])
-        finally:
-            for handle in handles:
-                handle.remove()
-        self.bank.layer_scale.copy_(torch.stack(rms))
+        """Set each layer's prompt scale to the RMS of the hidden states entering it on ``batch``."""
+        self.bank.layer_scale.copy_(layer_rms(self.backbone, batch))
         return self.bank.layer_scale
 
     def replace_router(self, tasks: list[str], shared: bool | None = None) -> Router:
@@ -188,6 +170,29 @@ class ModularPromptModel(nn.Module):
             model.head.proj.weight.copy_(weights["head.weight"])
             model.head.proj.bias.copy_(weights["head.bias"])
         return model
+
+
+@torch.no_grad()
+def layer_rms(backbone: Backbone, batch: dict) -> torch.Tensor:
+    """RMS of the hidden states entering each block on ``batch``: (layers,).
+
+    Only real tokens after the first count: the first token (BOS/CLS) often carries an outlying norm.
+    """
+    mask = batch["attention_mask"].clone()
+    mask[:, 0] = 0
+    rms: list[torch.Tensor] = []
+
+    def record(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        rms.append((hidden.pow(2).mean(-1) * mask).sum().div(mask.sum()).sqrt())
+
+    handles = [block.register_forward_pre_hook(record, with_kwargs=True) for block in backbone.blocks]
+    try:
+        backbone(batch["input_ids"], batch["attention_mask"])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(rms)
 
 
 def _check_shape(config: ModularPromptConfig, backbone: Backbone) -> None:

@@ -12,6 +12,7 @@ KUAKE-QTR the CBLUE baseline's four grades (完全不匹配 .. 完全匹配).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from modprompt.data.builtin.convert import (
     PARAPHRASE_QUERY,
@@ -54,13 +55,36 @@ QIC = LabelSet.of(
 QQR = LabelSet.of({"0": "范围更大或无关", "1": "范围更小", "2": "完全相同"})
 QTR = LabelSet.of({"0": "完全不匹配", "1": "很少匹配", "2": "部分匹配", "3": "完全匹配"})
 
-#: name -> (folder, kind, instruction, labels, text fields, description)
+
+class _CblueTask(NamedTuple):
+    folder: str
+    kind: TaskKind
+    instruction: str
+    labels: LabelSet
+    text_keys: tuple[str, ...]
+    description: str
+
+
 _TASKS = {
-    "chip_ctc": ("CHIP-CTC", TaskKind.CLASSIFICATION, "这条临床试验筛选标准属于哪一类？", CTC, ("text",), "临床试验筛选标准分类，44 类（CHIP-CTC）"),
-    "chip_sts": ("CHIP-STS", TaskKind.PARAPHRASE, PARAPHRASE_QUERY, SAME_MEANING, ("text1", "text2"), "医学问句相似度（CHIP-STS）"),
-    "kuake_qic": ("KUAKE-QIC", TaskKind.CLASSIFICATION, "这条医疗搜索的意图是什么？", QIC, ("query",), "医疗搜索意图分类，11 类（KUAKE-QIC）"),
-    "kuake_qqr": ("KUAKE-QQR", TaskKind.SIMILARITY, "与句子一相比，句子二的意思是？", QQR, ("query1", "query2"), "医疗搜索词相关性（KUAKE-QQR）"),
-    "kuake_qtr": ("KUAKE-QTR", TaskKind.SIMILARITY, "句子二与句子一的主题匹配程度如何？", QTR, ("query", "title"), "搜索词与标题相关性，4 级（KUAKE-QTR）"),
+    "chip_ctc": _CblueTask(
+        "CHIP-CTC", TaskKind.CLASSIFICATION, "这条临床试验筛选标准属于哪一类？", CTC, ("text",),
+        "临床试验筛选标准分类，44 类（CHIP-CTC）",
+    ),
+    "chip_sts": _CblueTask(
+        "CHIP-STS", TaskKind.PARAPHRASE, PARAPHRASE_QUERY, SAME_MEANING, ("text1", "text2"), "医学问句相似度（CHIP-STS）"
+    ),
+    "kuake_qic": _CblueTask(
+        "KUAKE-QIC", TaskKind.CLASSIFICATION, "这条医疗搜索的意图是什么？", QIC, ("query",),
+        "医疗搜索意图分类，11 类（KUAKE-QIC）",
+    ),
+    "kuake_qqr": _CblueTask(
+        "KUAKE-QQR", TaskKind.SIMILARITY, "与句子一相比，句子二的意思是？", QQR, ("query1", "query2"),
+        "医疗搜索词相关性（KUAKE-QQR）",
+    ),
+    "kuake_qtr": _CblueTask(
+        "KUAKE-QTR", TaskKind.SIMILARITY, "句子二与句子一的主题匹配程度如何？", QTR, ("query", "title"),
+        "搜索词与标题相关性，4 级（KUAKE-QTR）",
+    ),
 }  # fmt: skip
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,8 +41,6 @@ logger = logging.getLogger(__name__)
 
 PAIR_TEMPLATE = "句子一：{}\n句子二：{}"
 BLANK = "____"  # stands for the gap in cloze passages (CHID's #idiom#)
-
-
 _ZERO_WIDTH = "\ufeff\u200b"  # BOMs and zero-width spaces sit inside some texts; str.split/strip keep them
 
 
@@ -139,7 +137,7 @@ def clean(
     # An input is (query, passage, options) without whitespace. Options are compared as given, through a small
     # token per distinct tuple: label-set tasks share one tuple object, so this avoids re-hashing it per record.
     option_tokens: dict[tuple, int] = {}
-    token_of_id: dict[int, int] = {}
+    token_of_id: dict[int, tuple[tuple, int]] = {}  # keeps the tuple, so that its id cannot be reused
     first_answer: dict[tuple, Any] = {}
     conflicted: set[tuple] = set()
     usable: list[tuple[tuple, Any, MRCExample]] = []
@@ -151,9 +149,12 @@ def clean(
             dropped["empty text"] += 1
             continue
         options = example.options
-        token = token_of_id.get(id(options))
-        if token is None:
-            token = token_of_id[id(options)] = option_tokens.setdefault(options, len(option_tokens))
+        known = token_of_id.get(id(options))
+        if known is not None and known[0] is options:
+            token = known[1]
+        else:
+            token = option_tokens.setdefault(options, len(option_tokens))
+            token_of_id[id(options)] = (options, token)
         key = (_normalise_query(example.query), normalise(example.passage), token)
         answer = example.label if example.span is None else example.span
         if first_answer.setdefault(key, answer) != answer:
@@ -211,7 +212,6 @@ def cached(loader: Callable[[Path, bool], Sequence[MRCExample]]) -> Callable[[Pa
     def load(data_root: Path, lenient: bool = False) -> list[MRCExample]:
         return list(memo(Path(data_root).resolve(), bool(lenient)))
 
-    load.cache_clear = memo.cache_clear  # type: ignore[attr-defined]
     return load
 
 

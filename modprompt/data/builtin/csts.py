@@ -16,6 +16,7 @@ Chinese-STS-B's six similarity grades 0..5 become 完全不同, 话题相同, �
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from modprompt.data.builtin.convert import (
     NLI,
@@ -40,14 +41,45 @@ STSB = LabelSet.of(
     {"0": "完全不同", "1": "话题相同", "2": "略有相似", "3": "大致相同", "4": "基本相同", "5": "完全相同"}
 )
 
-#: name -> (kind, instruction, labels, {split: file}, has header, description)
+
+class _PairTask(NamedTuple):
+    kind: TaskKind
+    instruction: str
+    labels: LabelSet
+    files: dict[str, str]  # split -> file under the repository
+    header: bool
+    description: str
+
+
 _TASKS = {
-    "afqmc": (TaskKind.PARAPHRASE, "这两个问题的意思相同吗？", SAME_MEANING, {"train": "AFQMC/train.txt", "dev": "AFQMC/dev.txt"}, False, "蚂蚁金服问句匹配（AFQMC）"),
-    "pawsx": (TaskKind.PARAPHRASE, PARAPHRASE_QUERY, SAME_MEANING, {"train": "PAWS-X/dev_2k.tsv", "test": "PAWS-X/test_2k.tsv"}, True, "释义对抗句对（PAWS-X 中文），train = 官方 dev"),
-    "cmnli": (TaskKind.NLI, NLI_QUERY, NLI, {"train": "Chinese-MNLI/dev.txt"}, False, "中文多体裁自然语言推理（CMNLI），train = 官方 dev"),
-    "snli": (TaskKind.NLI, NLI_QUERY, NLI, {"train": "Chinese-SNLI/dev.txt", "test": "Chinese-SNLI/test.txt"}, False, "中文 SNLI（CNSD），train = 官方 dev"),
-    "stsb": (TaskKind.SIMILARITY, "句子一和句子二的意思有多接近？", STSB, {"train": "Chinese-STS-B/sts-b-train.txt", "dev": "Chinese-STS-B/sts-b-dev.txt", "test": "Chinese-STS-B/sts-b-test.txt"}, False, "语义相似度，0–5 六级（Chinese-STS-B）"),
-    "oppo": (TaskKind.PARAPHRASE, PARAPHRASE_QUERY, SAME_MEANING, {"train": "OPPO-xiaobu/dev.txt"}, False, "小布助手对话短文本匹配（OPPO-xiaobu），train = 官方 dev"),
+    "afqmc": _PairTask(
+        TaskKind.PARAPHRASE, "这两个问题的意思相同吗？", SAME_MEANING,
+        {"train": "AFQMC/train.txt", "dev": "AFQMC/dev.txt"}, False, "蚂蚁金服问句匹配（AFQMC）",
+    ),
+    "pawsx": _PairTask(
+        TaskKind.PARAPHRASE, PARAPHRASE_QUERY, SAME_MEANING,
+        {"train": "PAWS-X/dev_2k.tsv", "test": "PAWS-X/test_2k.tsv"}, True, "释义对抗句对（PAWS-X 中文），train = 官方 dev",
+    ),
+    "cmnli": _PairTask(
+        TaskKind.NLI, NLI_QUERY, NLI, {"train": "Chinese-MNLI/dev.txt"}, False, "中文多体裁自然语言推理（CMNLI），train = 官方 dev",
+    ),
+    "snli": _PairTask(
+        TaskKind.NLI, NLI_QUERY, NLI,
+        {"train": "Chinese-SNLI/dev.txt", "test": "Chinese-SNLI/test.txt"}, False, "中文 SNLI（CNSD），train = 官方 dev",
+    ),
+    "stsb": _PairTask(
+        TaskKind.SIMILARITY, "句子一和句子二的意思有多接近？", STSB,
+        {
+            "train": "Chinese-STS-B/sts-b-train.txt",
+            "dev": "Chinese-STS-B/sts-b-dev.txt",
+            "test": "Chinese-STS-B/sts-b-test.txt",
+        },
+        False, "语义相似度，0–5 六级（Chinese-STS-B）",
+    ),
+    "oppo": _PairTask(
+        TaskKind.PARAPHRASE, PARAPHRASE_QUERY, SAME_MEANING, {"train": "OPPO-xiaobu/dev.txt"}, False,
+        "小布助手对话短文本匹配（OPPO-xiaobu），train = 官方 dev",
+    ),
 }  # fmt: skip
 CINLID_FILE = "CINLID/Idiom_NLI.txt"
 

@@ -16,6 +16,7 @@ and the keywords, the query asks whether they are all real keywords of the paper
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from modprompt.data.builtin.convert import (
     BLANK,
@@ -32,6 +33,7 @@ from modprompt.data.builtin.convert import (
     options_field,
     source_of,
     text_field,
+    tidy,
 )
 from modprompt.data.mrc import MRCExample, Role, TaskKind
 from modprompt.data.readers import DataError, read_jsonl
@@ -67,11 +69,23 @@ CSLDCP = LabelSet.of({name: name for name in CSLDCP_LABELS})
 #: label_index2en2zh.json: label -> label_zh
 TNEWS = LabelSet.of(
     {
-        "100": "故事", "101": "文化", "102": "娱乐", "103": "体育", "104": "财经", "106": "房产", "107": "汽车",
-        "108": "教育", "109": "科技", "110": "军事", "112": "旅游", "113": "国际", "114": "股票", "115": "农业",
+        "100": "故事",
+        "101": "文化",
+        "102": "娱乐",
+        "103": "体育",
+        "104": "财经",
+        "106": "房产",
+        "107": "汽车",
+        "108": "教育",
+        "109": "科技",
+        "110": "军事",
+        "112": "旅游",
+        "113": "国际",
+        "114": "股票",
+        "115": "农业",
         "116": "电竞",
     }
-)  # fmt: skip
+)
 
 #: label -> label_des, as in every IFLYTEK file
 IFLYTEK_NAMES = (
@@ -85,15 +99,49 @@ IFLYTEK_NAMES = (
 ).split()
 IFLYTEK = LabelSet.of({str(i): name for i, name in enumerate(IFLYTEK_NAMES)})
 
-#: name -> (kind, instruction, label set, text fields, label field, description)
+
+class _OptionTask(NamedTuple):
+    kind: TaskKind
+    instruction: str
+    labels: LabelSet
+    text_keys: tuple[str, ...]
+    description: str
+
+
 _OPTION_TASKS = {
-    "eprstmt": (TaskKind.CLASSIFICATION, "这条商品评论的情感是？", SENTIMENT, ("sentence",), "label", "电商评论情感（FewCLUE EPRSTMT）"),
-    "bustm": (TaskKind.PARAPHRASE, PARAPHRASE_QUERY, SAME_MEANING, ("sentence1", "sentence2"), "label", "对话短文本匹配（FewCLUE BUSTM）"),
-    "ocnli": (TaskKind.NLI, NLI_QUERY, NLI, ("sentence1", "sentence2"), "label", "自然语言推理（FewCLUE OCNLI）"),
-    "csldcp": (TaskKind.CLASSIFICATION, "这篇论文摘要属于哪个学科？", CSLDCP, ("content",), "label", "论文学科分类，67 类（FewCLUE CSLDCP）"),
-    "tnews": (TaskKind.CLASSIFICATION, "这条新闻标题属于哪个类别？", TNEWS, ("sentence",), "label", "今日头条新闻分类，15 类（FewCLUE TNEWS）"),
-    "iflytek": (TaskKind.CLASSIFICATION, "这段应用描述属于哪类应用？", IFLYTEK, ("sentence",), "label", "应用描述分类，119 类（FewCLUE IFLYTEK）"),
-}  # fmt: skip
+    "eprstmt": _OptionTask(
+        TaskKind.CLASSIFICATION, "这条商品评论的情感是？", SENTIMENT, ("sentence",), "电商评论情感（FewCLUE EPRSTMT）"
+    ),
+    "bustm": _OptionTask(
+        TaskKind.PARAPHRASE,
+        PARAPHRASE_QUERY,
+        SAME_MEANING,
+        ("sentence1", "sentence2"),
+        "对话短文本匹配（FewCLUE BUSTM）",
+    ),
+    "ocnli": _OptionTask(TaskKind.NLI, NLI_QUERY, NLI, ("sentence1", "sentence2"), "自然语言推理（FewCLUE OCNLI）"),
+    "csldcp": _OptionTask(
+        TaskKind.CLASSIFICATION,
+        "这篇论文摘要属于哪个学科？",
+        CSLDCP,
+        ("content",),
+        "论文学科分类，67 类（FewCLUE CSLDCP）",
+    ),
+    "tnews": _OptionTask(
+        TaskKind.CLASSIFICATION,
+        "这条新闻标题属于哪个类别？",
+        TNEWS,
+        ("sentence",),
+        "今日头条新闻分类，15 类（FewCLUE TNEWS）",
+    ),
+    "iflytek": _OptionTask(
+        TaskKind.CLASSIFICATION,
+        "这段应用描述属于哪类应用？",
+        IFLYTEK,
+        ("sentence",),
+        "应用描述分类，119 类（FewCLUE IFLYTEK）",
+    ),
+}
 
 CHID_QUERY = "空白处应填入哪个成语？"
 CLUEWSC_QUERY = "文中【{pronoun}】指的是「{candidate}」吗？"
@@ -110,13 +158,15 @@ def _loader(name: str, stems: list[str], make_convert) -> SplitLoader:
 
 
 def _option_convert(name: str):
-    _, query, labels, text_keys, label_key, _ = _OPTION_TASKS[name]
-    return lambda path, rel: option_converter(name, query, labels, path, rel, text_keys, label_key, no_gold=("-",))
+    spec = _OPTION_TASKS[name]
+    return lambda path, rel: option_converter(
+        name, spec.instruction, spec.labels, path, rel, spec.text_keys, "label", no_gold=("-",)
+    )
 
 
 def _chid_convert(path: Path, rel: str):
     def convert(where: int, record: dict) -> MRCExample:
-        content = text_field(record, "content", path, where)
+        content = tidy(text_field(record, "content", path, where))
         if content.count("#idiom#") != 1:
             raise DataError(path, where, f"expected one #idiom# gap in 'content', found {content.count('#idiom#')}")
         options = options_field(record, "candidates", path, where)
@@ -129,7 +179,7 @@ def _chid_convert(path: Path, rel: str):
 
 def _cluewsc_convert(path: Path, rel: str):
     def convert(where: int, record: dict) -> MRCExample:
-        text = text_field(record, "text", path, where)
+        text = text_field(record, "text", path, where)  # not tidied: span2_index counts from its first character
         target = record.get("target")
         if not isinstance(target, dict):
             raise DataError(path, where, "missing field 'target'")
@@ -150,11 +200,11 @@ def _cluewsc_convert(path: Path, rel: str):
 
 def _csl_convert(path: Path, rel: str):
     def convert(where: int, record: dict) -> MRCExample:
-        abstract = text_field(record, "abst", path, where)
+        abstract = tidy(text_field(record, "abst", path, where))
         keywords = record.get("keyword")
         if not isinstance(keywords, list) or not keywords or not all(isinstance(k, str) for k in keywords):
             raise DataError(path, where, "field 'keyword' should be a non-empty list of strings")
-        joined = "，".join(keywords)
+        joined = "，".join(tidy(k) for k in keywords)
         passage = f"摘要：{abstract}\n关键词：{joined}"
         label = YES_NO.index(record.get("label"), path, where)
         return MRCExample(
@@ -202,8 +252,8 @@ def _upstream(
     )
 
 
-for _name, (_kind, _query, _labels, _, _, _description) in _OPTION_TASKS.items():
-    _downstream(_name, _kind, _query, _option_convert(_name), _labels.words, _description)
+for _name, _spec in _OPTION_TASKS.items():
+    _downstream(_name, _spec.kind, _spec.instruction, _option_convert(_name), _spec.labels.words, _spec.description)
 _downstream("chid", TaskKind.MULTIPLE_CHOICE, CHID_QUERY, _chid_convert, (), "成语完形填空，7 选 1（FewCLUE CHID）")
 _upstream(
     "cluewsc",

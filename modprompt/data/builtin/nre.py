@@ -92,7 +92,8 @@ def _register(name: str, folder: str, labels: LabelSet, blocks: bool, licence: s
     stems = {"train": "train", "dev": "valid", "test": "test"}
     register(
         Task(
-            name, TaskKind.RELATION, Role.UPSTREAM, INSTRUCTION, {s: loader(s, f) for s, f in stems.items()}, labels.words,
+            name, TaskKind.RELATION, Role.UPSTREAM, INSTRUCTION, {s: loader(s, f) for s, f in stems.items()},
+            labels.words,
             source=REPO, licence=licence, files=tuple(f"{ROOT}/{folder}/{f}.txt" for f in stems.values()),
             description=description,
         )

@@ -1,0 +1,220 @@
+"""MUPPET-style pre-finetuning (Aghajanyan et al., 2021): multi-task full fine-tuning before few-shot.
+
+The whole backbone and the MRC span head train on the upstream mixture in the unified MRC format,
+through the same :class:`~modprompt.training.trainer.MultiTaskTrainer` as prompt pre-training (its
+sampler, exact checkpoint/resume and progress reporting), with MUPPET's two changes:
+
+* heterogeneous batches: every example of a batch draws its own task (``train.mixed_batches``);
+* loss scaling: each example's loss is divided by ``log n``, n being the number of answers it could
+  give, so that a model guessing uniformly has the same loss on every task (MUPPET §3.2 scales task
+  i's loss by 1 / log n(i), n(i) its number of classes). Here n is the number of candidate start
+  positions: an option task's options (one candidate per option), and an extractive question's
+  passage tokens, the analogue of classes for a span head. Under uniform logits every example's
+  scaled start-plus-end loss is then exactly 2.
+
+The pre-finetuned backbone and head are saved in ``RUN_DIR/model`` when the run finishes; downstream,
+few-shot full fine-tuning starts from them (:func:`load_prefinetuned`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from modprompt.backbone import Backbone, load_backbone
+from modprompt.data.encoding import IGNORE_INDEX, EncodingConfig, MRCEncoder
+from modprompt.data.mrc import Role
+from modprompt.data.task import all_tasks
+from modprompt.head import SpanHead, span_loss
+from modprompt.modular.pretrain import upstream_data
+from modprompt.training.trainer import MultiTaskObjective, MultiTaskTrainer, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODEL_DIR = "model"
+CONFIG_NAME = "prefinetuned.json"
+BACKBONE_WEIGHTS = "backbone.safetensors"
+HEAD_WEIGHTS = "head.safetensors"
+
+
+@dataclass
+class PrefinetuneConfig:
+    """Everything a pre-finetuning run needs; stored as JSON (see ``modprompt/configs``)."""
+
+    backbone: str = "gemma-3-270m"
+    tasks: list[str] = field(default_factory=list)  # empty: every upstream task
+    max_length: int = 256
+    held_out_per_task: int = 100
+    lr: float = 2e-5  # the backbone's
+    lr_head: float = 1e-4  # the span head starts from scratch
+    weight_decay: float = 0.01  # on the backbone's matrices, not on biases, norms or the head
+    loss_scaling: bool = True
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(mixed_batches=True))
+
+    def __post_init__(self) -> None:
+        if not self.train.mixed_batches:
+            raise ValueError("pre-finetuning trains on heterogeneous batches: train.mixed_batches must be true")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> PrefinetuneConfig:
+        data = json.loads(Path(path).read_text())
+        train = data.pop("train", {})
+        train.setdefault("mixed_batches", True)
+        try:
+            return cls(train=TrainConfig(**train), **data)
+        except TypeError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SpanModel(nn.Module):
+    """A trainable backbone under the MRC span head: full fine-tuning."""
+
+    def __init__(self, backbone: Backbone, head: SpanHead | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head if head is not None else SpanHead(backbone.hidden_size)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.backbone(batch["input_ids"], batch["attention_mask"]))
+
+
+def log_option_scaled_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Mean over answered examples of span loss / log(number of candidate start positions).
+
+    At least two candidates are assumed, so an example with a single candidate is not divided by zero.
+    """
+    losses = span_loss(start_logits, end_logits, batch, reduction="none")
+    candidates = batch["start_candidates"].sum(-1).clamp(min=2).to(losses.dtype)
+    answered = batch["start_positions"] != IGNORE_INDEX
+    return (losses / candidates.log()).sum() / answered.sum().clamp(min=1)
+
+
+class PrefinetuneObjective(MultiTaskObjective):
+    """Span loss (log-scaled per example) of the whole backbone and head; nothing is frozen."""
+
+    def __init__(
+        self,
+        model: SpanModel,
+        encoder: MRCEncoder,
+        lr: float,
+        lr_head: float,
+        weight_decay: float,
+        loss_scaling: bool = True,
+    ) -> None:
+        self.module = model
+        self.model = model
+        self.encoder = encoder
+        self.lr = lr
+        self.lr_head = lr_head
+        self.weight_decay = weight_decay
+        self.loss_scaling = loss_scaling
+        model.backbone.body.requires_grad_(True)
+        # No dropout, as in every few-shot method (modprompt.adapt.methods): the same network everywhere,
+        # and a run that is deterministic given its seed, so that it resumes exactly.
+        model.eval()
+
+    def param_groups(self) -> list[dict]:
+        body = list(self.model.backbone.body.parameters())
+        return [
+            {"params": [p for p in body if p.ndim >= 2], "lr": self.lr, "weight_decay": self.weight_decay},
+            {"params": [p for p in body if p.ndim < 2], "lr": self.lr, "weight_decay": 0.0},
+            {"params": list(self.model.head.parameters()), "lr": self.lr_head, "weight_decay": 0.0},
+        ]
+
+    def loss(self, batch: dict, tasks: list[str], step: int, generator: torch.Generator) -> torch.Tensor:
+        start, end = self.model(batch)
+        if self.loss_scaling:
+            return log_option_scaled_loss(start, end, batch)
+        return span_loss(start, end, batch)
+
+    def forward(self, batch: dict, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(batch)
+
+
+# -- the pre-finetuned model: body and head weights + the backbone they start from -----------------
+
+
+def save_prefinetuned(model: SpanModel, directory: str | Path, source: str) -> Path:
+    """Write the backbone body's and the head's weights, and which backbone ``source`` they fine-tune.
+
+    Weights, not ``save_pretrained`` folders: an encoder-decoder backbone's body is its encoder alone,
+    which Hugging Face cannot load back as a model, and a saved decoder body would lose the
+    architecture name ``load_backbone`` reads causality from. Loading rebuilds the source backbone
+    and overwrites every weight, which works the same for all three backbone kinds.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model.backbone.body, str(directory / BACKBONE_WEIGHTS), force_contiguous=True)  # tied weights once
+    save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, directory / HEAD_WEIGHTS)
+    meta = {"format_version": FORMAT_VERSION, "source": source, "backbone": model.backbone.info.to_dict()}
+    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return directory
+
+
+def load_prefinetuned(directory: str | Path, backbone: Backbone | str | Path | None = None) -> SpanModel:
+    """The pre-finetuned :class:`SpanModel` saved in ``directory``.
+
+    ``backbone``: a loaded backbone whose body weights are overwritten in place (it keeps its mode and
+    ``requires_grad``), or the name or folder of one to load (trainable) instead of the recorded source.
+    """
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{directory} holds no pre-finetuned model ({CONFIG_NAME} missing)")
+    meta = json.loads(config_path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{config_path}: format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    if not isinstance(backbone, Backbone):
+        backbone = load_backbone(backbone or meta["source"], freeze=False)
+    saved = meta["backbone"]
+    for key in ("model_type", "num_layers", "hidden_size", "vocab_size"):
+        if saved[key] != getattr(backbone.info, key):
+            raise ValueError(
+                f"{directory} was pre-finetuned from a backbone with {key}={saved[key]!r}, "
+                f"backbone {backbone.info.name!r} has {getattr(backbone.info, key)!r}"
+            )
+    load_model(backbone.body, str(directory / BACKBONE_WEIGHTS))
+    head = SpanHead(backbone.hidden_size)
+    head.load_state_dict(load_file(directory / HEAD_WEIGHTS))
+    return SpanModel(backbone, head)
+
+
+# -- the multi-task stage ------------------------------------------------------------------------
+
+
+def prefinetune(config: PrefinetuneConfig, run_dir: str | Path, data_root: Path, until: int | None = None) -> dict:
+    """Pre-finetune (or resume) in ``run_dir``, stopping at step ``until`` if given.
+
+    The model is saved to ``run_dir/model`` once the run has finished. The summary adds the number
+    of trained parameters to the trainer's budget figures (steps, examples, tokens, seconds).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    tasks = config.tasks or sorted(t.name for t in all_tasks(Role.UPSTREAM))
+    train, held_out = upstream_data(tasks, data_root, config.held_out_per_task, config.train.seed)
+    backbone = load_backbone(config.backbone, freeze=False)
+    torch.manual_seed(config.train.seed)
+    model = SpanModel(backbone)
+    encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(config.max_length))
+    objective = PrefinetuneObjective(
+        model, encoder, config.lr, config.lr_head, config.weight_decay, config.loss_scaling
+    )
+    trainer = MultiTaskTrainer(objective, config.train, train, held_out, run_dir)
+    trainable = sum(p.numel() for p in trainer.params.values())
+    logger.info("pre-finetuning %d parameters of %s on %d upstream tasks", trainable, config.backbone, len(tasks))
+    summary = trainer.run(until)
+    summary["trainable_parameters"] = trainable
+    if trainer.rank == 0 and summary["finished"]:
+        save_prefinetuned(model, run_dir / MODEL_DIR, config.backbone)
+    return summary

@@ -1,0 +1,171 @@
+"""``modprompt serve`` and ``modprompt bbt``: serve a frozen model, and tune against it (or in-process).
+
+    export MODPROMPT_API_KEY=$(python -c "import secrets; print(secrets.token_urlsafe(32))")
+    modprompt serve --bank runs/pretrain-gemma/bank --port 8000            # terminal 1
+    modprompt bbt --server http://127.0.0.1:8000 --task eprstmt --method mp2-bb --seed 0 --preset cpu
+    modprompt bbt --bank runs/pretrain-gemma/bank --task eprstmt --method bbtv2 --seed 0   # no server
+
+Heavy imports (torch, fastapi, skopt) happen inside the run functions, so ``modprompt --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from modprompt.blackbox.params import Limits
+
+logger = logging.getLogger(__name__)
+
+#: ``bbt`` flags that set TuneConfig fields of the same name (dashes for underscores)
+_TUNE_FLAGS = {
+    "router": (str, "mp2-bb stage 1: 'shared' (K logits) or 'per_layer' (layers × K); default shared"),
+    "router_evaluations": (int, "mp2-bb stage 1 budget (MP2: 100; cpu preset: 20)"),
+    "router_initial_points": (int, "random router points before the GP proposes (MP2: 10; cpu: 5)"),
+    "router_batch": (int, "router candidates per call; default 1 (sequential BO)"),
+    "prompt_evaluations": (int, "CMA-ES budget in candidates (MP2: 3000; cpu preset: 360)"),
+    "popsize": (int, "CMA-ES population (MP2: 20; cpu preset: 10)"),
+    "sigma": (float, "CMA-ES step size (default 0.1 for mp2-bb, 0.5 for bbt/bbtv2)"),
+    "bound": (float, "search bound of every number (default 5)"),
+    "dim": (int, "bbt/bbtv2 numbers per layer (default: the bank's n × r)"),
+    "dev_every": (int, "generations between dev evaluations (default: one round over the layers)"),
+    "k_per_label": (int, "examples per label for train and dev of tasks without official few-shot files"),
+    "test_limit": (int, "score only this many test examples (a fixed subset, as `modprompt adapt`)"),
+    "dev_limit": (int, "select on only this many dev examples (a fixed subset)"),
+}
+
+
+def add_serve_parser(sub) -> None:
+    defaults = Limits()
+    p = sub.add_parser(
+        "serve",
+        help="serve a frozen backbone and prompt bank over HTTP for black-box tuning",
+        description="API keys come from --api-key-file (one per line) or $MODPROMPT_API_KEY (comma-separated); "
+        "clients send them as 'Authorization: Bearer KEY'.",
+    )
+    p.add_argument("--bank", required=True, help="the pre-trained bank folder")
+    p.add_argument("--backbone", help="a local model folder or 'gemma-3-270m' (default: the bank's)")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-file", help="file with the accepted keys (default: $MODPROMPT_API_KEY)")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per example (only the passage is cut)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
+    p.add_argument("--cache-mb", type=int, default=512, help="layer-cache bound in MiB (0: no cache)")
+    p.add_argument("--projection-mb", type=int, default=512, help="bound on kept random projections in MiB")
+    p.add_argument("--bound", type=float, default=5.0, help="largest accepted |value| of a router logit or vector")
+    p.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds one request may take")
+    p.add_argument("--max-candidates", type=int, default=defaults.max_candidates, help="candidates per request")
+    p.add_argument("--max-examples", type=int, default=defaults.max_examples, help="examples per upload or request")
+    p.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / 2**20, help="request body bound")
+    p.add_argument("--max-datasets", type=int, default=defaults.max_datasets, help="example sets kept in memory")
+    p.add_argument("--threads", type=int, help="torch CPU threads for the model (default: torch's choice)")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from modprompt.blackbox.server import load_api_keys, serve
+
+    _set_threads(args.threads)
+    limits = Limits(
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_candidates=args.max_candidates,
+        max_examples=args.max_examples,
+        max_datasets=args.max_datasets,
+        timeout_s=args.timeout,
+    )
+    serve(
+        args.bank,
+        args.backbone,
+        host=args.host,
+        port=args.port,
+        api_keys=load_api_keys(args.api_key_file),
+        limits=limits,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        bound=args.bound,
+        cache_bytes=args.cache_mb * 2**20,
+        projection_bytes=args.projection_mb * 2**20,
+    )
+    return 0
+
+
+def add_bbt_parser(sub) -> None:
+    p = sub.add_parser(
+        "bbt",
+        help="black-box tuning (mp2-bb, bbt, bbtv2) against a served model or in-process; prints a JSON result",
+        description="Tunes on the task's k-shot train split, selects on its dev split, scores the test split. "
+        "The state is saved after every generation: run the same command again to resume.",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", help="URL of `modprompt serve` (key: $MODPROMPT_API_KEY or --api-key-file)")
+    where.add_argument("--bank", help="tune in-process on this bank instead of calling a server")
+    p.add_argument("--backbone", help="with --bank: a local model folder or 'gemma-3-270m' (default: the bank's)")
+    p.add_argument("--task", required=True, help="a downstream task (`modprompt tasks --role downstream`)")
+    p.add_argument("--method", required=True, choices=["mp2-bb", "bbt", "bbtv2"])
+    p.add_argument("--seed", type=int, default=0, help="few-shot split (FewCLUE: 0..4) and optimiser seed")
+    p.add_argument("--preset", choices=["mp2", "cpu"], default="mp2", help="budget defaults; flags override")
+    p.add_argument("--data", help="data folder (default: $MODPROMPT_DATA or the `modprompt data` cache)")
+    p.add_argument("--state", help="state file (default runs/blackbox/METHOD-TASK-seedS.pkl); resumed if present")
+    p.add_argument("--out", help="also write the full result (with the tuned numbers and history) here")
+    p.add_argument("--api-key-file", help="file whose first line is the key (default: $MODPROMPT_API_KEY)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one answer")
+    p.add_argument("--retries", type=int, default=5, help="retries of a failed call (5xx, connection)")
+    p.add_argument("--max-length", type=int, default=256, help="with --bank: tokens per example")
+    p.add_argument("--threads", type=int, help="with --bank: torch CPU threads (default: torch's choice)")
+    for name, (kind, text) in _TUNE_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    p.set_defaults(func=run_bbt)
+
+
+def run_bbt(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from modprompt.blackbox.objective import InProcessObjective, RemoteObjective
+    from modprompt.blackbox.tune import TuneConfig, tune_task
+    from modprompt.cli import data_root_arg, print_json
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the progress
+    overrides = {name: getattr(args, name) for name in _TUNE_FLAGS}
+    config = TuneConfig.preset(args.preset, args.method, args.seed, **overrides)
+    state = args.state or f"runs/blackbox/{args.method}-{args.task}-seed{args.seed}.pkl"
+    if args.server:
+        from modprompt.blackbox.client import Client
+
+        client = Client(args.server, _client_key(args.api_key_file), timeout=args.timeout, retries=args.retries)
+        objective = RemoteObjective(client)
+    else:
+        from modprompt.blackbox.scoring import Scorer
+
+        _set_threads(args.threads)
+        objective = InProcessObjective(Scorer.from_bank(args.bank, args.backbone, max_length=args.max_length))
+    result = tune_task(objective, args.task, data_root_arg(args.data), config, state)
+    result["server"] = args.server or "in-process"
+    if args.server:
+        result["http"] = objective.client.stats.to_dict()
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print_json({k: v for k, v in result.items() if k not in ("history", "parameters")})
+    return 0
+
+
+def _client_key(key_file: str | None) -> str | None:
+    import os
+    from pathlib import Path
+
+    from modprompt.blackbox.client import API_KEY_ENV
+
+    if key_file:
+        lines = [line.strip() for line in Path(key_file).read_text().splitlines() if line.strip()]
+        return lines[0] if lines else None
+    key = os.environ.get(API_KEY_ENV, "").split(",")[0].strip()
+    if not key:
+        logger.warning("no API key ($%s or --api-key-file); the server will answer 401", API_KEY_ENV)
+    return key or None
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -1,0 +1,412 @@
+"""Scoring candidate prompts on the frozen model: the one engine behind the server and in-process tuning.
+
+A :class:`Scorer` holds a :class:`~modprompt.modular.model.ModularPromptModel` (backbone, bank, span
+head), the example sets registered with it, the layer cache and the random projections of the
+``random`` space. ``score`` turns each candidate into deep prompts (see :mod:`modprompt.blackbox.params`),
+runs every chunk of the example set, and returns the mean span loss, the accuracy and, if asked, the
+per-option scores, computed with the same head functions as :mod:`modprompt.evaluate`.
+
+Example sets are split once, at registration, into fixed chunks of similar length (sorted as
+:func:`modprompt.evaluate.predict` sorts them), so a chunk's padded batch is the same on every call
+and a cached block input is valid for it. Their id is a hash of their content and of the encoding, so
+uploading the same examples again is free and gives the same id.
+
+One lock serialises all model work: forward passes on a few CPU cores gain nothing from running side
+by side, and the tokenizer and the block swap of the layer cache must not interleave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modprompt.blackbox.cache import CacheStats, LayerCache, LRUBytes, capture_output, start_at
+from modprompt.blackbox.params import Candidate, CandidateResult, Limits, ModelInfo, ScoreReply, Space, example_to_dict
+from modprompt.data.encoding import IGNORE_INDEX, EncodingConfig, MRCEncoder
+from modprompt.data.mrc import MRCExample
+from modprompt.head import option_scores, span_loss
+from modprompt.metrics import accuracy
+from modprompt.modular.model import ModularPromptModel
+from modprompt.modular.router import normalise
+
+logger = logging.getLogger(__name__)
+
+#: MP2's and BBT's search bound: every router logit and intrinsic number lies in [-5, 5]
+DEFAULT_BOUND = 5.0
+
+
+class ParameterError(ValueError):
+    """A request value that cannot be scored; ``field`` names it (``candidates.3.intrinsic.5``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class UnknownDataset(KeyError):
+    def __init__(self, dataset: str) -> None:
+        super().__init__(dataset)
+        self.dataset = dataset
+
+    def __str__(self) -> str:
+        return f"unknown dataset {self.dataset!r}; upload its examples again (POST /v1/datasets)"
+
+
+class Busy(RuntimeError):
+    """The model stayed busy with other requests for the whole time this one could wait."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """A request ran past its time limit (what it computed so far stays in the layer cache)."""
+
+
+@dataclass
+class _Chunk:
+    rows: list[int]  # positions of its examples in the example set
+    batch: dict
+    tokens: int
+
+
+@dataclass
+class _Dataset:
+    id: str
+    chunks: list[_Chunk]
+    size: int
+    labelled: int
+    tokens: int
+
+    def meta(self) -> dict:
+        return {"id": self.id, "examples": self.size, "labelled": self.labelled, "tokens": self.tokens,
+                "chunks": len(self.chunks)}  # fmt: skip
+
+
+class Scorer:
+    """Loss, accuracy and option scores of candidate prompts on registered example sets."""
+
+    def __init__(
+        self,
+        model: ModularPromptModel,
+        *,
+        max_length: int = 256,
+        batch_size: int = 16,
+        bound: float = DEFAULT_BOUND,
+        cache_bytes: int = 512 * 2**20,
+        projection_bytes: int = 512 * 2**20,
+        max_random_dim: int = 1024,
+        max_datasets: int = 64,
+    ) -> None:
+        self.model = model.eval()
+        self.config = model.config
+        self.encoder = MRCEncoder(model.backbone.tokenizer, EncodingConfig(max_length, model.config.num_tokens))
+        self.batch_size = batch_size
+        self.bound = bound
+        self.max_random_dim = max_random_dim
+        self.max_datasets = max_datasets
+        self.cache = LayerCache(cache_bytes)
+        self._projections = LRUBytes(projection_bytes)
+        self._datasets: OrderedDict[str, _Dataset] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_bank(cls, bank: str | Path, backbone: str | Path | None = None, **options) -> Scorer:
+        """Load a saved bank (and its backbone: the recorded one by default, else ``backbone``)."""
+        from modprompt.adapt.run import bank_backbone, check_backbone, resolve_backbone
+
+        recorded = bank_backbone(bank)
+        loaded = resolve_backbone(backbone, recorded)
+        check_backbone(recorded, loaded, f"bank {bank}")
+        return cls(ModularPromptModel.from_pretrained(bank, loaded), **options)
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    def info(self, limits: Limits | None = None) -> ModelInfo:
+        c = self.config
+        return ModelInfo(
+            backbone=self.model.backbone.info.to_dict(),
+            num_layers=c.num_layers,
+            hidden_size=c.hidden_size,
+            num_modules=c.num_modules,
+            num_tokens=c.num_tokens,
+            rank=c.rank,
+            bound=self.bound,
+            max_random_dim=self.max_random_dim,
+            max_length=self.encoder.config.max_length,
+            limits=limits,
+        )
+
+    def stats(self) -> dict:
+        return {"datasets": len(self._datasets), "cache_bytes": self.cache.bytes, **self.cache.stats.to_dict()}
+
+    @contextmanager
+    def _locked(self, timeout: float | None):
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            raise Busy("the model is busy with other requests; try again")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    # -- example sets ---------------------------------------------------------------------------------
+
+    def add_dataset(self, examples: Sequence[MRCExample], lock_timeout: float | None = None) -> dict:
+        """Register option examples (encoded and chunked once); returns their id and sizes."""
+        if not examples:
+            raise ParameterError("examples", "give at least one example")
+        for i, example in enumerate(examples):
+            if not example.options:
+                raise ParameterError(f"examples.{i}.options", "black-box scoring needs option examples")
+        content = [example_to_dict(e) for e in examples]
+        key = json.dumps([content, self.encoder.config.max_length, self.batch_size], ensure_ascii=False, sort_keys=True)
+        dataset_id = hashlib.sha256(key.encode()).hexdigest()[:32]
+        with self._locked(lock_timeout):
+            if dataset_id in self._datasets:
+                self._datasets.move_to_end(dataset_id)
+                return self._datasets[dataset_id].meta()
+            encoded = self._encode(examples)
+            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+            chunks = []
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = self.encoder.collate([encoded[i] for i in rows])
+                chunks.append(_Chunk(rows, batch, int(batch["attention_mask"].sum())))
+            labelled = sum(e.label is not None for e in examples)
+            dataset = _Dataset(dataset_id, chunks, len(examples), labelled, sum(c.tokens for c in chunks))
+            self._datasets[dataset_id] = dataset
+            while len(self._datasets) > self.max_datasets:
+                dropped, _ = self._datasets.popitem(last=False)
+                logger.info("dropped example set %s (more than %d kept)", dropped, self.max_datasets)
+            return dataset.meta()
+
+    def _encode(self, examples: Sequence[MRCExample]):
+        try:
+            return self.encoder.encode_all(examples)
+        except ValueError:
+            for i, example in enumerate(examples):  # find the example to name
+                try:
+                    self.encoder.encode(example)
+                except ValueError as err:
+                    raise ParameterError(f"examples.{i}", str(err).removeprefix(f"{example.source}: ")) from None
+            raise
+
+    def dataset(self, dataset_id: str) -> dict:
+        if dataset_id not in self._datasets:
+            raise UnknownDataset(dataset_id)
+        return self._datasets[dataset_id].meta()
+
+    # -- candidates -----------------------------------------------------------------------------------
+
+    def check(self, candidate: Candidate, space: Space, field: str) -> None:
+        """Raise :class:`ParameterError` naming the field if ``candidate`` cannot be read in ``space``."""
+        c = self.config
+        if space.kind == "random":
+            if candidate.router is not None:
+                raise ParameterError(f"{field}.router", "the random space has no router")
+            size = space.dim
+        else:
+            size = c.intrinsic_size
+            if candidate.router is not None:
+                router = self._numbers(candidate.router, f"{field}.router")
+                if tuple(router.shape) not in ((c.num_modules,), (c.num_layers, c.num_modules)):
+                    expected = f"{c.num_modules} logits (shared) or {c.num_layers} lists of {c.num_modules} (per layer)"
+                    raise ParameterError(f"{field}.router", f"expected {expected}")
+        for layer, values in candidate.intrinsic.items():
+            where = f"{field}.intrinsic.{layer}"
+            if not 0 <= layer < c.num_layers:
+                raise ParameterError(where, f"no such layer; the model has layers 0..{c.num_layers - 1}")
+            vector = self._numbers(values, where)
+            if tuple(vector.shape) != (size,):
+                raise ParameterError(where, f"expected {size} numbers, got shape {tuple(vector.shape)}")
+
+    def check_space(self, space: Space) -> None:
+        if space.kind not in ("bank", "random"):
+            raise ParameterError("space.kind", f"unknown space {space.kind!r}; expected 'bank' or 'random'")
+        if space.kind == "random":
+            if not 1 <= space.dim <= self.max_random_dim:
+                raise ParameterError("space.dim", f"must lie in 1..{self.max_random_dim}")
+            if not 0 <= space.seed < 2**32:
+                raise ParameterError("space.seed", "must lie in 0..2**32-1")
+
+    def _numbers(self, values, field: str) -> torch.Tensor:
+        try:
+            tensor = torch.tensor(values, dtype=torch.float64)
+        except (TypeError, ValueError):
+            raise ParameterError(field, "expected a list of numbers") from None
+        if not torch.isfinite(tensor).all():
+            raise ParameterError(field, "values must be finite")
+        if tensor.numel() and tensor.abs().max() > self.bound:
+            raise ParameterError(field, f"values must lie in [-{self.bound:g}, {self.bound:g}]")
+        return tensor
+
+    def _projection(self, space: Space, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s fixed random projection (dim, n × hidden) in the ``random`` space.
+
+        Entries are normal with std ``s_l / sqrt(dim)``, ``s_l`` the layer's hidden-state RMS (the bank's
+        calibrated ``layer_scale``), so a unit-variance ``z`` gives a prompt of the layer's typical size:
+        BBT's and BBTv2's normal initialisation from the embedding or hidden-state spread.
+        """
+        key = (space.seed, space.dim, layer)
+        projection = self._projections.get(key)
+        if projection is None:
+            c = self.config
+            generator = torch.Generator().manual_seed(space.seed * 1_000_003 + layer)
+            std = float(self.model.bank.layer_scale[layer]) / math.sqrt(space.dim)
+            projection = torch.randn(space.dim, c.num_tokens * c.hidden_size, generator=generator) * std
+            self._projections.put(key, projection, projection.numel() * projection.element_size())
+        return projection
+
+    def prompts(self, candidate: Candidate, space: Space = Space()) -> torch.Tensor:
+        """The deep prompts (1, layers, n, hidden) that ``candidate`` stands for in ``space``."""
+        self.check_space(space)
+        self.check(candidate, space, "candidate")
+        return self._prepare(candidate, space)[0]
+
+    @torch.no_grad()
+    def _prepare(self, candidate: Candidate, space: Space) -> tuple[torch.Tensor, list[bytes]]:
+        """Deep prompts (1, layers, n, hidden) and prefix hashes: ``[l]`` identifies the prompts below ``l``."""
+        c = self.config
+        specs: list[bytes] = []
+        if space.kind == "random":
+            prompts = torch.zeros(1, c.num_layers, c.num_tokens, c.hidden_size)
+            for layer in range(c.num_layers):
+                if layer in candidate.intrinsic:
+                    z = torch.tensor(candidate.intrinsic[layer], dtype=torch.float32)
+                    prompts[0, layer] = (z @ self._projection(space, layer)).view(c.num_tokens, c.hidden_size)
+                    specs.append(f"random:{space.seed}:{space.dim}:".encode() + z.numpy().tobytes())
+                else:
+                    specs.append(b"none")
+        else:
+            intrinsic = torch.zeros(c.num_layers, c.num_tokens, c.rank)
+            if candidate.router is not None:
+                logits = torch.tensor(candidate.router, dtype=torch.float32)
+                if logits.dim() == 1:
+                    logits = logits.expand(c.num_layers, -1)
+                intrinsic = self.model.bank.mix(normalise(torch.sigmoid(logits))[None])[0]
+            for layer, values in candidate.intrinsic.items():
+                offset = torch.tensor(values, dtype=torch.float32).view(c.num_tokens, c.rank)
+                intrinsic[layer] = intrinsic[layer] + offset
+            prompts = self.model.bank.project(intrinsic[None])
+            specs = [b"bank:" + intrinsic[layer].numpy().tobytes() for layer in range(c.num_layers)]
+        digest = hashlib.blake2b(digest_size=16)
+        prefixes = [digest.digest()]
+        for spec in specs:
+            digest.update(len(spec).to_bytes(8, "little") + spec)
+            prefixes.append(digest.digest())
+        return prompts, prefixes
+
+    def _store_layer(self, prefixes: list[list[bytes]], base: list[bytes] | None) -> int:
+        """Where this request's shared states begin to differ: the block input worth caching (0: none).
+
+        Candidates of one generation agree below the searched layer; a lone candidate is compared with
+        the base it was laid over.
+        """
+        if len(prefixes) >= 2:
+            reference, others = prefixes[0], prefixes[1:]
+        elif base is not None:
+            reference, others = base, prefixes
+        else:
+            return 0
+        common = 0
+        while common < len(reference) - 1 and all(p[common + 1] == reference[common + 1] for p in others):
+            common += 1
+        if common >= self.num_layers and len(prefixes) == 1:
+            return 0
+        return min(common, self.num_layers - 1)
+
+    # -- scoring --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score(
+        self,
+        dataset_id: str,
+        candidates: Sequence[Candidate],
+        space: Space = Space(),
+        base: Candidate | None = None,
+        *,
+        with_scores: bool = False,
+        deadline: float | None = None,
+    ) -> ScoreReply:
+        """Score every candidate (laid over ``base``) on a registered example set.
+
+        ``deadline`` is a ``time.monotonic()`` instant: waiting for the model past it raises
+        :class:`Busy`, computing past it :class:`DeadlineExceeded`.
+        """
+        if not candidates:
+            raise ParameterError("candidates", "give at least one candidate")
+        self.check_space(space)
+        if base is not None:
+            self.check(base, space, "base")
+        for i, candidate in enumerate(candidates):
+            self.check(candidate, space, f"candidates.{i}")
+        lock_timeout = None if deadline is None else deadline - time.monotonic()
+        with self._locked(lock_timeout):
+            if dataset_id not in self._datasets:
+                raise UnknownDataset(dataset_id)
+            self._datasets.move_to_end(dataset_id)
+            dataset = self._datasets[dataset_id]
+            before = CacheStats(**self.cache.stats.to_dict())
+            prepared = [self._prepare(c.over(base), space) for c in candidates]
+            base_prefixes = self._prepare(base, space)[1] if base is not None else None
+            store = self._store_layer([p for _, p in prepared], base_prefixes) if self.cache.enabled else 0
+            results = [self._score_one(dataset, prompts, prefixes, store, with_scores, deadline)
+                       for prompts, prefixes in prepared]  # fmt: skip
+            after = self.cache.stats.to_dict()
+        delta = {k: after[k] - v for k, v in before.to_dict().items()}
+        return ScoreReply(results, dataset.size, dataset.labelled, dataset.tokens * len(candidates), delta)
+
+    def _score_one(
+        self, dataset: _Dataset, prompts: torch.Tensor, prefixes: list[bytes], store: int, with_scores: bool,
+        deadline: float | None,
+    ) -> CandidateResult:  # fmt: skip
+        blocks = self.model.backbone.blocks
+        loss_sum = 0.0
+        predictions: list[int] = []
+        labels: list[int] = []
+        scores: list[list[float] | None] = [None] * dataset.size
+        for index, chunk in enumerate(dataset.chunks):
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded("the request ran past its time limit; send fewer candidates or examples")
+            start, output = 0, None
+            if self.cache.enabled:
+                start, output = self.cache.lookup(dataset.id, index, prefixes, self.num_layers - 1)
+            captured: list = []
+            keep = store > start
+            batch = chunk.batch
+            capture = capture_output(blocks[store - 1], captured) if keep else nullcontext()
+            with start_at(blocks, start, output), capture:
+                start_logits, end_logits = self.model.forward_with_prompts(
+                    batch, prompts.expand(len(chunk.rows), -1, -1, -1)
+                )
+            self.cache.stats.blocks_skipped += start
+            self.cache.stats.blocks_run += self.num_layers - start
+            if keep:
+                self.cache.store(dataset.id, index, store, prefixes[store], captured[0])
+            labelled = batch["labels"] != IGNORE_INDEX
+            losses = span_loss(start_logits, end_logits, batch, reduction="none")
+            chunk_scores = option_scores(start_logits, end_logits, batch)
+            loss_sum += float(losses[labelled].double().sum())
+            predictions += chunk_scores[labelled].argmax(-1).tolist()
+            labels += batch["labels"][labelled].tolist()
+            if with_scores:
+                counts = batch["option_mask"].sum(-1).tolist()
+                for row, (position, count) in enumerate(zip(chunk.rows, counts)):
+                    scores[position] = chunk_scores[row, :count].tolist()
+        n = len(labels)
+        return CandidateResult(
+            loss=loss_sum / n if n else None,
+            accuracy=accuracy(predictions, labels) if n else None,
+            scores=scores if with_scores else None,  # type: ignore[arg-type]
+        )

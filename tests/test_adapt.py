@@ -1,0 +1,319 @@
+"""Few-shot adaptation: parameter counts, frozen parts, early stopping, adapt -> save -> load -> predict, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modprompt.adapt.cli import add_adapt, add_predict
+from modprompt.adapt.config import AdaptConfig
+from modprompt.adapt.loop import fit, run_stage
+from modprompt.adapt.methods import WEIGHTS_NAME, create_method
+from modprompt.adapt.predict import builtin_record_spec, predict_file, record_spec
+from modprompt.adapt.run import adapt, load_adapted, read_adapted_config, subset
+from modprompt.backbone import load_backbone
+from modprompt.data.fewshot import fewshot_splits
+from modprompt.data.readers import DataError
+from modprompt.data.task import get_task
+from modprompt.evaluate import evaluate, main_metric
+from modprompt.modular.config import ModularPromptConfig
+from modprompt.modular.model import ModularPromptModel
+
+REPO = Path(__file__).resolve().parents[1]
+L, H, K, N, R = 2, 32, 8, 4, 4  # tiny backbones: layers, hidden; bank: modules, tokens, rank
+HEAD = 2 * H + 2
+FAST = {"max_length": 96, "batch_size": 8, "eval_every": 2, "max_steps": 4, "test_limit": 20}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models gain nothing from a second thread, and on a shared 2-core machine two threads per
+    # process make every matmul wait for the other process (10x slower under load).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_bank(backbone, directory: Path) -> Path:
+    """A random bank for a tiny backbone, saved like a released one."""
+    torch.manual_seed(0)
+    model = ModularPromptModel(
+        backbone, ModularPromptConfig(L, H, num_modules=K, num_tokens=N, rank=R), ["afqmc", "cmnli"]
+    )
+    return model.save_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny_decoder):
+    return load_backbone(tiny_decoder)
+
+
+@pytest.fixture(scope="module")
+def bank(decoder, tmp_path_factory) -> Path:
+    return make_bank(decoder, tmp_path_factory.mktemp("bank"))
+
+
+@pytest.fixture(scope="module")
+def eprstmt(data_root):
+    train, dev, test = fewshot_splits("eprstmt", 0, data_root)
+    return train, dev, subset(test, 20)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(required=True)
+    add_adapt(sub)
+    add_predict(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder", "encoder_decoder"])
+def test_trainable_parameter_counts(kind, request, tmp_path):
+    folder = request.getfixturevalue(f"tiny_{kind}")
+    backbone = load_backbone(folder)
+    bank = make_bank(backbone, tmp_path / "bank")
+    body = sum(p.numel() for p in load_backbone(folder).parameters())
+    expected = {
+        "route-only": K,
+        "route-per-layer": L * K,
+        "mp2": L * K + L * K * N * R + L * R * H,
+        "pt": N * H + HEAD,
+        "deep-pt": L * N * H + HEAD,
+        "ft": body + HEAD,
+    }
+    for method, count in expected.items():
+        assert create_method(backbone, AdaptConfig(method), "eprstmt", bank).trainable_parameters() == count, method
+    variants = [
+        (AdaptConfig("mp2", router_shared=True), K + L * K * N * R + L * R * H),
+        (AdaptConfig("mp2", mp2_tune="modules"), L * K + L * K * N * R),
+        (AdaptConfig("pt", num_tokens=7), 7 * H + HEAD),
+    ]
+    for config, count in variants:
+        assert create_method(backbone, config, "eprstmt", bank).trainable_parameters() == count, config
+    assert create_method(backbone, AdaptConfig("deep-pt"), "eprstmt").num_prompt_tokens == 16  # no bank: 16
+    assert create_method(backbone, AdaptConfig("ft"), "eprstmt", bank).num_prompt_tokens == 0
+
+
+def test_bank_methods_need_a_bank(decoder):
+    with pytest.raises(ValueError, match="route-only.*--bank"):
+        create_method(decoder, AdaptConfig("route-only"), "eprstmt")
+    with pytest.raises(KeyError, match="unknown adaptation method 'lora'"):
+        create_method(decoder, AdaptConfig("lora"), "eprstmt")
+
+
+def test_mp2_stages_keep_everything_else_bit_identical(decoder, bank, eprstmt):
+    train, _, _ = eprstmt
+    backbone_before = {k: v.clone() for k, v in decoder.state_dict().items()}
+    bank_sha = sha256(bank / "bank.safetensors")
+    saved = load_file(bank / "bank.safetensors")
+    method = create_method(decoder, AdaptConfig("mp2", **FAST), "eprstmt", bank)
+    encoder = method.encoder()
+    encoded = encoder.encode_all(train)
+    route, prompts = method.stages()
+    model = method.model
+    # No dev set: nothing to select on, so each stage keeps its last state and must show its training.
+    run_stage(method, route, encoder, encoded, [], method.config, 0)
+    router = model.router.logits.detach().clone()
+    assert router.abs().max() > 0.1  # four steps of lr 0.2 move logits far beyond the ±0.01 init
+    assert torch.equal(model.bank.modules_z, saved["bank.modules_z"])  # stage 1 leaves the bank alone
+    summary = run_stage(method, prompts, encoder, encoded, [], method.config, 1)
+    assert summary["steps"] == 4
+    assert torch.equal(model.router.logits, router)  # stage 2: the router is frozen (it had gradients at lr 0.2)
+    assert not torch.equal(model.bank.modules_z, saved["bank.modules_z"])  # the in-memory copy trained
+    assert not torch.equal(model.bank.projection, saved["bank.projection"])
+    assert torch.equal(model.head.proj.weight, saved["head.weight"])  # the bank's head stays frozen
+    assert torch.equal(model.bank.layer_scale, saved["bank.layer_scale"])
+    assert sha256(bank / "bank.safetensors") == bank_sha  # the bank on disk is never written
+    for name, value in decoder.state_dict().items():
+        assert torch.equal(value, backbone_before[name]), name
+    assert not any(p.requires_grad or p.grad is not None for p in method.parameters())  # inference state
+
+
+@pytest.mark.parametrize("name", ["route-only", "pt", "deep-pt", "ft"])
+def test_other_methods_leave_frozen_parts_bit_identical(name, decoder, bank, eprstmt):
+    train, _, _ = eprstmt
+    backbone_before = {k: v.clone() for k, v in decoder.state_dict().items()}
+    method = create_method(decoder, AdaptConfig(name, **FAST), "eprstmt", bank)
+    encoder = method.encoder()
+    trained = {id(p) for p in method.stages()[0].parameters()}
+    before = {n: p.detach().clone() for n, p in method.named_parameters()}
+    run_stage(method, method.stages()[0], encoder, encoder.encode_all(train), [], method.config)
+    for n, p in method.named_parameters():
+        assert torch.equal(p, before[n]) != (id(p) in trained), n  # trained ones moved, all others did not
+    for n, value in decoder.state_dict().items():
+        assert torch.equal(value, backbone_before[n]), n  # ft trains its own copy of the backbone
+
+
+def test_early_stopping_restores_the_best_dev_state(decoder, bank, eprstmt):
+    train, _, _ = eprstmt
+    # Dev holds the training reviews with the other label: fitting train makes dev worse, so the best
+    # dev state comes before the last step and restoring it is visible.
+    dev = [replace(e, label=1 - e.label) for e in train]
+    config = AdaptConfig("pt", **{**FAST, "max_steps": 8, "eval_every": 1, "patience": 100, "lr_head": 0.05})
+    method = create_method(decoder, config, "eprstmt", bank)
+    encoder = method.encoder()
+    (stage,) = fit(method, encoder, train, dev, config)["stages"]
+    scores = [e["dev"] for e in stage["evaluations"]]
+    assert len(scores) == 9 and stage["steps"] == 8  # before the first step, then after each
+    assert stage["best_dev"] == max(scores) and scores[-1] < max(scores)
+    assert stage["best_step"] == scores.index(max(scores))  # ties keep the earlier state
+    assert main_metric(evaluate(method.forward, encoder, dev)) == max(scores)
+    # The same run ended by its budget at the best step (no selection) reaches the very same state.
+    same = create_method(decoder, replace(config, max_steps=max(1, stage["best_step"])), "eprstmt", bank)
+    if stage["best_step"]:
+        fit(same, encoder, train, [], same.config)
+    for a, b in zip(method.parameters(), same.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_patience_stops_a_stage(decoder, bank, eprstmt):
+    train, dev, _ = eprstmt
+    config = AdaptConfig("route-only", **{**FAST, "max_steps": 50, "eval_every": 1, "patience": 2, "lr_router": 0.0})
+    method = create_method(decoder, config, "eprstmt", bank)
+    (stage,) = fit(method, method.encoder(), train, dev, config)["stages"]
+    # lr 0: the dev score never improves on step 0, so the stage stops after `patience` evaluations
+    assert stage["stopped_early"] and stage["steps"] == 2 and stage["best_step"] == 0
+
+
+def test_adapted_files_round_trip_every_method(decoder, bank, eprstmt, tmp_path):
+    train, _, test = eprstmt
+    for name in ("mp2", "route-only", "route-per-layer", "pt", "deep-pt", "ft"):
+        config = AdaptConfig(name, **{**FAST, "max_steps": 2})
+        method = create_method(decoder, config, "eprstmt", bank)
+        encoder = method.encoder()
+        method.prepare(encoder, train)
+        if name == "deep-pt":
+            assert (method.layer_scale != 1).all()  # measured on the task's examples, saved with the prompts
+        fit(method, encoder, train, [], config)
+        method.save(tmp_path / name)
+        loaded = load_adapted(tmp_path / name, backbone=decoder)
+        batch = encoder.collate(encoder.encode_all(test[:4]))
+        tasks = ["eprstmt"] * 4
+        for a, b in zip(method(batch, tasks), loaded(batch, tasks)):
+            assert torch.equal(a, b), name
+        numbers = sum(t.numel() for t in load_file(tmp_path / name / WEIGHTS_NAME).values())
+        extra = {"pt": 1, "deep-pt": L}.get(name, 0)  # the prompt scales saved beside the prompts
+        assert numbers == method.trainable_parameters() + extra, name
+    assert (tmp_path / "route-only" / WEIGHTS_NAME).stat().st_size < 200
+
+
+def test_runs_are_deterministic_given_the_seed(decoder, bank, data_root, tmp_path):
+    def weights(seed: int, out: str) -> dict:
+        config = AdaptConfig("mp2", seed=seed, **{**FAST, "max_steps": 3})
+        adapt(config, "eprstmt", data_root, bank=bank, backbone=decoder, out=tmp_path / out)
+        return load_file(tmp_path / out / WEIGHTS_NAME)
+
+    first, again, other = weights(0, "a"), weights(0, "b"), weights(1, "c")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["model.router.logits"], other["model.router.logits"])
+
+
+def test_end_to_end_adapt_save_load_predict(tiny_decoder, bank, data_root, eprstmt, tmp_path, capsys):
+    out = tmp_path / "adapted"
+    common = ["--backbone", str(tiny_decoder), "--data", str(data_root)]
+    flags = ["--max-length", "96", "--max-steps", "4", "--eval-every", "2", "--test-limit", "20"]
+    assert cli(["adapt", "--task", "eprstmt", "--method", "route-only", "--bank", str(bank), "--seed", "0",
+                "--out", str(out), *common, *flags]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["trainable_parameters"] == 8  # route-only prints exactly K = 8
+    assert (result["method"], result["task"], result["seed"], result["examples"]) == (
+        "route-only", "eprstmt", 0, {"train": 32, "dev": 31, "test": 20}
+    )  # fmt: skip
+    assert result["steps"] == 4 and result["examples_seen"] == 32 and result["train_seconds"] > 0
+    assert load_file(out / WEIGHTS_NAME)["model.router.logits"].shape == (1, K)
+
+    # The user's file: the same 20 test reviews, as a user would write them, plus an unlabelled one.
+    _, _, test = eprstmt
+    records = [{"text": e.passage, "label": e.answer_text} for e in test] + [{"text": "物流很快，包装也好"}]
+    user_file = tmp_path / "reviews.jsonl"
+    user_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    preds = tmp_path / "preds.jsonl"
+    assert cli(["predict", "--adapted", str(out), "--input", str(user_file), "--output", str(preds),
+                "--backbone", str(tiny_decoder)]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    lines = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(lines) == 21 and summary["records"] == 21 and summary["labelled"] == 20
+    assert lines[-1]["label"] is None and lines[-1]["correct"] is None
+    assert lines[-1]["prediction"] in ("正面", "负面") and set(lines[-1]["scores"]) == {"正面", "负面"}
+    assert lines[0]["source"].endswith("reviews.jsonl:1")
+    # The reloaded adaptation scores the same examples exactly as the run that made it.
+    assert summary["metrics"]["accuracy"] == result["test"]["accuracy"]
+    assert sum(line["correct"] for line in lines[:20]) == round(20 * result["test"]["accuracy"])
+
+
+def test_own_task_spec_adapt_and_predict(decoder, data_root, tmp_path):
+    spec = REPO / "examples" / "own_task" / "kefu_intent.json"
+    config = AdaptConfig("pt", k_per_label=4, num_tokens=4, **{**FAST, "test_limit": None})
+    result = adapt(config, None, data_root, backbone=decoder, task_spec=spec, out=tmp_path / "kefu")
+    assert result["task"] == "kefu_intent" and result["examples"] == {"train": 20, "dev": 20, "test": 20}
+    assert json.loads((tmp_path / "kefu" / "adapted_config.json").read_text())["task_spec"] == str(spec)
+    method = load_adapted(tmp_path / "kefu", backbone=decoder)
+    record = record_spec(read_adapted_config(tmp_path / "kefu"), spec.parent / "test.jsonl")
+    summary = predict_file(method, spec.parent / "test.jsonl", tmp_path / "p.jsonl", record)
+    assert summary["records"] == 20 and summary["metrics"]["accuracy"] == result["test"]["accuracy"]
+
+
+def test_predict_errors_name_the_file_and_line(decoder, bank, tmp_path):
+    method = create_method(decoder, AdaptConfig("route-only"), "eprstmt", bank)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "很好", "label": "正面"}\n{"text": "很差", "label": "差评"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2: unknown label '差评'"):
+        predict_file(method, bad, tmp_path / "p.jsonl", builtin_record_spec(get_task("eprstmt"), bad))
+    pair = builtin_record_spec(get_task("bustm"), bad)
+    assert pair.text_fields == ("text", "text_pair")
+    with pytest.raises(ValueError, match="adapted to 'eprstmt'"):
+        predict_file(method, bad, tmp_path / "p.jsonl", pair)
+
+
+def test_a_changed_bank_is_refused(decoder, tmp_path):
+    bank = make_bank(decoder, tmp_path / "bank")
+    method = create_method(decoder, AdaptConfig("route-only"), "eprstmt", bank)
+    method.save(tmp_path / "adapted")
+    load_adapted(tmp_path / "adapted", backbone=decoder)  # the same bank: fine
+    model = ModularPromptModel.from_pretrained(bank, decoder)
+    with torch.no_grad():
+        model.bank.modules_z.add_(1.0)
+    model.save_pretrained(bank)
+    with pytest.raises(ValueError, match="sha256 differs"):
+        load_adapted(tmp_path / "adapted", backbone=decoder)
+
+
+def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, data_root, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("fewshot_benchmark", REPO / "benchmarks" / "fewshot.py")
+    fewshot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fewshot)
+    argv = ["--bank", str(bank), "--backbone", str(tiny_decoder), "--data", str(data_root),
+            "--results", str(tmp_path), "--methods", "route-only", "pt", "--tasks", "eprstmt", "bustm",
+            "--seeds", "0", "--test-limit", "20", "--max-steps", "2", "--max-length", "96"]  # fmt: skip
+    summary = fewshot.main(argv)
+    stored = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "fewshot").rglob("seed*.json"))
+    assert stored == [f"fewshot/{m}/{t}/seed0.json" for m in ("pt", "route-only") for t in ("bustm", "eprstmt")]
+    route = summary["methods"]["route-only"]
+    assert route["trainable_parameters"] == 8 and summary["methods"]["pt"]["trainable_parameters"] == N * H + HEAD
+    assert route["tasks"]["eprstmt"]["n"] == 1 and route["tasks"]["eprstmt"]["std"] == 0.0
+    expected = (route["tasks"]["eprstmt"]["mean"] + route["tasks"]["bustm"]["mean"]) / 2
+    assert route["average"] == pytest.approx(expected)
+    assert summary["settings"]["test_limit"] == 20
+    table = (tmp_path / "fewshot.md").read_text()
+    assert "| route-only | 8 |" in table and "eprstmt" in table
+    assert (tmp_path / "fewshot.png").stat().st_size > 1000
+
+    # A rerun finds every result stored and trains nothing; another budget is refused.
+    monkeypatch.setattr(fewshot, "adapt", lambda *a, **k: pytest.fail("a stored result was run again"))
+    assert fewshot.main(argv)["methods"]["route-only"] == route
+    with pytest.raises(SystemExit, match="other settings"):
+        fewshot.main([*argv, "--test-limit", "30"])
