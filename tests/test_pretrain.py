@@ -53,6 +53,8 @@ def test_pretrain_cli_trains_and_saves_a_loadable_bank(tmp_path, tiny_decoder, d
     model = ModularPromptModel.from_pretrained(tmp_path / "run" / "bank", load_backbone(tiny_decoder))
     assert model.tasks == sorted(TASKS)
     assert (model.bank.layer_scale > 0).all()
+    training = json.loads((tmp_path / "run" / "bank" / "bank_config.json").read_text())["training"]
+    assert training["finished"] and training["steps"] == 4 and training["examples_seen"] == 16
 
 
 def test_pretrain_rejects_downstream_tasks(tmp_path, tiny_decoder, data_root):

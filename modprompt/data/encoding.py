@@ -191,15 +191,20 @@ class MRCEncoder:
         """Encode one example (see the module docstring for the layout)."""
         return self._encode_batch([example])[0]
 
-    def encode_all(self, examples: Sequence[MRCExample], chunk_size: int = 1024) -> list[EncodedExample]:
-        """Encode many examples, warning how many were truncated, lost their answer or have an inexact span."""
+    def encode_all(
+        self, examples: Sequence[MRCExample], chunk_size: int = 1024, report: bool = True
+    ) -> list[EncodedExample]:
+        """Encode many examples, warning how many were truncated, lost their answer or have an inexact span.
+
+        ``report=False`` keeps quiet: a training loop encodes every batch anew and would repeat it.
+        """
         encoded: list[EncodedExample] = []
         for i in range(0, len(examples), chunk_size):
             encoded.extend(self._encode_batch(examples[i : i + chunk_size]))
         truncated = sum(e.truncated for e in encoded)
         lost = sum(e.answer_lost for e in encoded)
         inexact = sum(e.answer_span is not None and not e.answer_exact for e in encoded)
-        if truncated or lost or inexact:
+        if report and (truncated or lost or inexact):
             logger.warning(
                 "encoded %d examples (max_length %d): %d passages truncated, %d answers lost, %d answer spans inexact",
                 len(encoded),

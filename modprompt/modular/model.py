@@ -118,8 +118,12 @@ class ModularPromptModel(nn.Module):
 
     # -- the released bank: safetensors + JSON config -------------------------------------------
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the bank, routers and head (never the backbone) as safetensors plus a JSON config."""
+    def save_pretrained(self, directory: str | Path, training: dict | None = None) -> Path:
+        """Write the bank, routers and head (never the backbone) as safetensors plus a JSON config.
+
+        ``training`` (steps, examples and tokens seen, whether the run finished...) is recorded in the
+        config so that a bank always says how much it was trained.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {
@@ -138,6 +142,7 @@ class ModularPromptModel(nn.Module):
             "intrinsic_size": self.config.intrinsic_size,
             "tasks": self.router.tasks,
             "router_shared": self.router.shared,
+            "training": training or {},
         }
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         return directory

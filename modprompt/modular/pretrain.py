@@ -146,5 +146,6 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, data_root: Path, until
     trainer = MultiTaskTrainer(objective, config.train, train, held_out, run_dir)
     summary = trainer.run(until)
     if trainer.rank == 0:
-        model.save_pretrained(run_dir / "bank")
+        keys = ("finished", "steps", "examples_seen", "tokens_seen", "train_seconds", "mean_held_out")
+        model.save_pretrained(run_dir / "bank", training={k: summary[k] for k in keys} | {"config": config.to_dict()})
     return summary

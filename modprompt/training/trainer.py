@@ -238,7 +238,7 @@ class MultiTaskTrainer:
         for micro in range(c.grad_accum):
             pairs = self.sampler.next_batch()
             examples = [self.train[task][index] for task, index in pairs]
-            batch = self.objective.encoder.collate(self.objective.encoder.encode_all(examples))
+            batch = self.objective.encoder.collate(self.objective.encoder.encode_all(examples, report=False))
             loss = self.objective.loss(batch, [e.task for e in examples], self.step, self._generator(micro))
             (loss / c.grad_accum).backward()
             total_loss += float(loss.detach()) / c.grad_accum
