@@ -19,12 +19,11 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from fewshot import _cell, _mean_std, result_path
+from result_grid import ResultGrid, write_table
 
 from modprompt.adapt.methods import BANK_WEIGHTS, file_sha256
 from modprompt.blackbox.tune import METHODS, PRESETS, TuneConfig, tune_task
@@ -40,11 +39,6 @@ SHARED = {
     "popsize": int, "bound": float, "dim": int, "dev_every": int, "k_per_label": int, "test_limit": int,
     "dev_limit": int,
 }  # fmt: skip
-
-
-def _settings(config: TuneConfig) -> dict:
-    """What must agree between a stored result and this run: the config without method and seed."""
-    return {k: v for k, v in config.to_dict().items() if k not in ("method", "seed")}
 
 
 def _config(args: argparse.Namespace, method: str, seed: int) -> TuneConfig:
@@ -63,124 +57,46 @@ def _objective(args: argparse.Namespace):
     return InProcessObjective(Scorer.from_bank(args.bank, args.backbone, max_length=args.max_length))
 
 
-def check_identity(args: argparse.Namespace, root: Path, objective) -> None:
-    """Stored results must come from the same bank (by sha256) and backbone as this run's."""
-    info = objective.info
-    identity = {
-        "bank_sha256": file_sha256(Path(args.bank) / BANK_WEIGHTS),
-        "backbone": info.backbone["name"],
-        "shape": [info.num_layers, info.num_modules, info.num_tokens, info.rank],
-    }
-    path = root / "identity.json"
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored != identity:
-            raise SystemExit(f"{root} holds results of another bank or backbone ({stored}); use another --name")
-    else:
-        root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(identity, indent=2) + "\n")
-
-
-def run_all(args: argparse.Namespace, root: Path) -> None:
+def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
     """Run every missing (method, task, seed), storing each result as it finishes."""
-    todo, done = [], 0
-    for method in args.methods:
-        for task in args.tasks:
-            for seed in args.seeds:
-                config = _config(args, method, seed)
-                path = result_path(root, method, task, seed)
-                if path.is_file():
-                    stored = json.loads(path.read_text())
-                    if _settings(TuneConfig.from_dict(stored["config"])) != _settings(config):
-                        raise SystemExit(f"{path} was made with other settings; rerun with another --name")
-                    done += 1
-                else:
-                    todo.append((config, task, path))
+    todo, done = grid.missing(lambda method, seed: _config(args, method, seed))
     logger.info("%d results stored, %d to run", done, len(todo))
     if not todo:
         return
     objective = _objective(args)
-    check_identity(args, root, objective)
+    info = objective.info
+    shape = [info.num_layers, info.num_modules, info.num_tokens, info.rank]
+    bank_sha256 = file_sha256(Path(args.bank) / BANK_WEIGHTS)
+    grid.check_identity({"bank_sha256": bank_sha256, "backbone": info.backbone["name"], "shape": shape})
     for i, (config, task, path) in enumerate(todo, 1):
         logger.info("[%d/%d] %s on %s, seed %d", i, len(todo), config.method, task, config.seed)
         state = args.work / args.name / config.method / task / f"seed{config.seed}.pkl"
         result = tune_task(objective, task, args.data, config, state)
         result["server"] = args.server or "in-process"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)  # a run killed while writing leaves no half result behind
-        logger.info("  %s: metric %.4f, %d calls, %.0f s", path.relative_to(root), result["metric"],
+        grid.store(path, result)
+        logger.info("  %s: metric %.4f, %d calls, %.0f s", path.relative_to(grid.root), result["metric"],
                     result["calls"], result["train_seconds"])  # fmt: skip
 
 
-def aggregate(args: argparse.Namespace, root: Path) -> dict:
+def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:
     """Mean ± sample std over the stored seeds of each (method, task), and per-method summaries."""
-    methods: dict[str, dict] = {}
-    settings, backbone = None, None
-    for method in args.methods:
-        tasks, params, seconds, calls = {}, set(), [], []
-        for task in args.tasks:
-            scores = {}
-            for seed in args.seeds:
-                path = result_path(root, method, task, seed)
-                if not path.is_file():
-                    continue
-                result = json.loads(path.read_text())
-                settings = settings or _settings(TuneConfig.from_dict(result["config"]))
-                backbone = backbone or result["backbone"]
-                scores[seed] = result["metric"]
-                params.add(result["trainable_parameters"])
-                seconds.append(result["train_seconds"])
-                calls.append(result["calls"])
-            if scores:
-                mean, std = _mean_std(list(scores.values()))
-                tasks[task] = {"mean": mean, "std": std, "n": len(scores), "seeds": scores}
-        complete = len(tasks) == len(args.tasks) and all(t["n"] == len(args.seeds) for t in tasks.values())
-        methods[method] = {
-            "trainable_parameters": sorted(params)[0] if len(params) == 1 else sorted(params),
-            "train_seconds_per_run": statistics.fmean(seconds) if seconds else None,
-            "calls_per_run": statistics.fmean(calls) if calls else None,
-            "runs": len(seconds),
-            "tasks": tasks,
-            "average": statistics.fmean(t["mean"] for t in tasks.values()) if complete else None,
-        }
-    return {
-        "backbone": backbone,
-        "bank": str(Path(args.bank).resolve()),
-        "server": args.server or "in-process",
-        "tasks": list(args.tasks),
-        "seeds": list(args.seeds),
-        "settings": settings,
-        "metric": "accuracy on the test set, mean ± sample std over seeds",
-        "methods": methods,
-    }
+    return grid.summary(
+        {"train_seconds": "train_seconds_per_run", "calls": "calls_per_run"},
+        metric="accuracy on the test set, mean ± sample std over seeds",
+        bank=str(Path(args.bank).resolve()),
+        server=args.server or "in-process",
+    )
 
 
 def write_markdown(summary: dict, path: Path, seeds: int) -> None:
-    tasks = summary["tasks"]
-    lines = [
-        "# Black-box few-shot benchmark",
-        "",
+    intro = (
         f"Backbone `{summary['backbone']}`, bank `{summary['bank']}`, scored {summary['server']}. "
         f"{summary['metric']} ({seeds} seeds; a cell over fewer seeds shows their count). Calls are score "
         "requests (train, dev and test; a population is one call); train time is the wall time of one run's "
-        "optimisation with its dev evaluations, averaged over runs.",
-        "",
-        f"Settings (the same for every method): `{json.dumps(summary['settings'], ensure_ascii=False)}`",
-        "",
-        "| method | searched numbers | " + " | ".join(tasks) + " | average | calls/run | train s/run |",
-        "|---|---:|" + "---:|" * len(tasks) + "---:|---:|---:|",
-    ]
-    for method, entry in summary["methods"].items():
-        cells = [_cell(entry["tasks"].get(task), seeds) for task in tasks]
-        average = f"{100 * entry['average']:.1f}" if entry["average"] is not None else "–"
-        calls = f"{entry['calls_per_run']:.0f}" if entry["calls_per_run"] is not None else "–"
-        seconds = f"{entry['train_seconds_per_run']:.1f}" if entry["train_seconds_per_run"] is not None else "–"
-        params = entry["trainable_parameters"]
-        params = f"{params:,}" if isinstance(params, int) else ", ".join(f"{p:,}" for p in params) or "–"
-        lines.append(f"| {method} | {params} | " + " | ".join(cells) + f" | {average} | {calls} | {seconds} |")
-    path.write_text("\n".join(lines) + "\n")
+        "optimisation with its dev evaluations, averaged over runs."
+    )
+    columns = {"calls/run": ("calls_per_run", ".0f"), "train s/run": ("train_seconds_per_run", ".1f")}
+    write_table(summary, path, seeds, "Black-box few-shot benchmark", intro, "searched numbers", columns)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -207,12 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    root = args.results / args.name
+    grid = ResultGrid(args.results / args.name, args.methods, args.tasks, args.seeds, TuneConfig)
     if not args.aggregate_only:
         started = time.perf_counter()
-        run_all(args, root)
+        run_all(args, grid)
         logger.info("runs took %.0f s", time.perf_counter() - started)
-    summary = aggregate(args, root)
+    summary = aggregate(args, grid)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{args.name}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     write_markdown(summary, args.results / f"{args.name}.md", len(args.seeds))

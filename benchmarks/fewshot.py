@@ -22,13 +22,12 @@ import argparse
 import json
 import logging
 import math
-import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from result_grid import ResultGrid, write_table
 
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.methods import BANK_WEIGHTS, METHODS, file_sha256
@@ -45,51 +44,20 @@ SHARED = ("k_per_label", "max_length", "batch_size", "max_epochs", "max_steps", 
           "test_limit", "dev_limit")  # fmt: skip
 
 
-def result_path(root: Path, method: str, task: str, seed: int) -> Path:
-    return root / method / task / f"seed{seed}.json"
+def _grid(args: argparse.Namespace) -> ResultGrid:
+    # The pre-finetuned model's path may differ: only ``prefinetune`` reads it, so adding that method later is allowed.
+    return ResultGrid(args.results / args.name, args.methods, args.tasks, args.seeds, AdaptConfig,
+                      per_run_fields=("method", "seed", "prefinetuned"))  # fmt: skip
 
 
-def _settings(config: AdaptConfig) -> dict:
-    """What must agree between a stored result and this run: the config without method, seed and the
-    pre-finetuned model's path (only ``prefinetune`` reads it, so adding that method later is allowed)."""
-    return {k: v for k, v in config.to_dict().items() if k not in ("method", "seed", "prefinetuned")}
-
-
-def check_identity(args: argparse.Namespace, root: Path) -> None:
-    """Stored results must come from the same bank (by sha256) and backbone as this run's."""
-    identity = {
-        "bank_sha256": file_sha256(Path(args.bank) / BANK_WEIGHTS),
-        "backbone": args.backbone or bank_backbone(args.bank)["name"],
-    }
-    path = root / "identity.json"
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored != identity:
-            raise SystemExit(f"{root} holds results of another bank or backbone ({stored}); use another --name")
-    else:
-        root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(identity, indent=2) + "\n")
-
-
-def run_all(args: argparse.Namespace, root: Path) -> None:
+def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
     """Run every missing (method, task, seed), storing each result as it finishes."""
-    check_identity(args, root)
+    bank_sha256 = file_sha256(Path(args.bank) / BANK_WEIGHTS)
+    grid.check_identity({"bank_sha256": bank_sha256, "backbone": args.backbone or bank_backbone(args.bank)["name"]})
     shared = {name: getattr(args, name) for name in SHARED if getattr(args, name) is not None}
     if args.prefinetuned:
         shared["prefinetuned"] = str(Path(args.prefinetuned).resolve())
-    todo, done = [], 0
-    for method in args.methods:
-        for task in args.tasks:
-            for seed in args.seeds:
-                config = AdaptConfig(method, seed=seed, **shared)
-                path = result_path(root, method, task, seed)
-                if path.is_file():
-                    stored = json.loads(path.read_text())
-                    if _settings(AdaptConfig.from_dict(stored["config"])) != _settings(config):
-                        raise SystemExit(f"{path} was made with other settings; rerun with another --name")
-                    done += 1
-                else:
-                    todo.append((config, task, path))
+    todo, done = grid.missing(lambda method, seed: AdaptConfig(method, seed=seed, **shared))
     logger.info("%d results stored, %d to run", done, len(todo))
     if not todo:
         return
@@ -97,88 +65,27 @@ def run_all(args: argparse.Namespace, root: Path) -> None:
     for i, (config, task, path) in enumerate(todo, 1):
         logger.info("[%d/%d] %s on %s, seed %d", i, len(todo), config.method, task, config.seed)
         result = adapt(config, task, args.data, bank=args.bank, backbone=backbone)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)  # a run killed while writing leaves no half result behind
-        logger.info("  %s: metric %.4f, %.0f s", path.relative_to(root), result["metric"], result["fit_seconds"])
+        grid.store(path, result)
+        logger.info("  %s: metric %.4f, %.0f s", path.relative_to(grid.root), result["metric"], result["fit_seconds"])
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def aggregate(args: argparse.Namespace, root: Path) -> dict:
+def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:
     """Mean ± sample std over the stored seeds of each (method, task), and per-method summaries."""
-    methods: dict[str, dict] = {}
-    settings, backbone = None, None
-    for method in args.methods:
-        tasks, params, seconds = {}, set(), []
-        for task in args.tasks:
-            scores = {}
-            for seed in args.seeds:
-                path = result_path(root, method, task, seed)
-                if not path.is_file():
-                    continue
-                result = json.loads(path.read_text())
-                settings = settings or _settings(AdaptConfig.from_dict(result["config"]))
-                backbone = backbone or result["backbone"]
-                scores[seed] = result["metric"]
-                params.add(result["trainable_parameters"])
-                seconds.append(result["fit_seconds"])
-            if scores:
-                mean, std = _mean_std(list(scores.values()))
-                tasks[task] = {"mean": mean, "std": std, "n": len(scores), "seeds": scores}
-        complete = len(tasks) == len(args.tasks) and all(t["n"] == len(args.seeds) for t in tasks.values())
-        methods[method] = {
-            "trainable_parameters": sorted(params)[0] if len(params) == 1 else sorted(params),
-            "fit_seconds_per_run": statistics.fmean(seconds) if seconds else None,
-            "runs": len(seconds),
-            "tasks": tasks,
-            # The average over tasks is only comparable between methods when every cell is complete.
-            "average": statistics.fmean(t["mean"] for t in tasks.values()) if complete else None,
-        }
-    return {
-        "backbone": backbone,
-        "bank": str(Path(args.bank).resolve()),
-        "tasks": list(args.tasks),
-        "seeds": list(args.seeds),
-        "settings": settings,
-        "metric": "accuracy on the test set (F1 for extractive tasks), mean ± sample std over seeds",
-        "methods": methods,
-    }
-
-
-def _cell(entry: dict | None, seeds: int) -> str:
-    """``mean ± std`` in percent; a cell over fewer seeds than asked shows how many."""
-    if entry is None:
-        return "–"
-    text = f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
-    return text if entry["n"] == seeds else f"{text} (n={entry['n']})"
+    return grid.summary(
+        {"fit_seconds": "fit_seconds_per_run"},
+        metric="accuracy on the test set (F1 for extractive tasks), mean ± sample std over seeds",
+        bank=str(Path(args.bank).resolve()),
+    )
 
 
 def write_markdown(summary: dict, path: Path, seeds: int) -> None:
-    tasks = summary["tasks"]
-    lines = [
-        "# Few-shot adaptation benchmark",
-        "",
+    intro = (
         f"Backbone `{summary['backbone']}`, bank `{summary['bank']}`. {summary['metric']} "
         f"({seeds} seeds; a cell over fewer seeds shows their count). Train time is the wall time of one run's "
-        "training with its dev evaluations, averaged over runs.",
-        "",
-        f"Settings (the same for every method): `{json.dumps(summary['settings'], ensure_ascii=False)}`",
-        "",
-        "| method | trainable params | " + " | ".join(tasks) + " | average | train s/run |",
-        "|---|---:|" + "---:|" * len(tasks) + "---:|---:|",
-    ]
-    for method, entry in summary["methods"].items():
-        cells = [_cell(entry["tasks"].get(task), seeds) for task in tasks]
-        average = f"{100 * entry['average']:.1f}" if entry["average"] is not None else "–"
-        seconds = f"{entry['fit_seconds_per_run']:.1f}" if entry["fit_seconds_per_run"] is not None else "–"
-        params = entry["trainable_parameters"]
-        params = f"{params:,}" if isinstance(params, int) else ", ".join(f"{p:,}" for p in params) or "–"
-        lines.append(f"| {method} | {params} | " + " | ".join(cells) + f" | {average} | {seconds} |")
-    path.write_text("\n".join(lines) + "\n")
+        "training with its dev evaluations, averaged over runs."
+    )
+    columns = {"train s/run": ("fit_seconds_per_run", ".1f")}
+    write_table(summary, path, seeds, "Few-shot adaptation benchmark", intro, "trainable params", columns)
 
 
 def write_plot(summary: dict, path: Path) -> None:
@@ -240,12 +147,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         # Two processes with two threads each on two cores make every matmul wait: 5-10x slower steps.
         torch.set_num_threads(args.threads)
-    root = args.results / args.name
+    grid = _grid(args)
     if not args.aggregate_only:
         started = time.perf_counter()
-        run_all(args, root)
+        run_all(args, grid)
         logger.info("runs took %.0f s", time.perf_counter() - started)
-    summary = aggregate(args, root)
+    summary = aggregate(args, grid)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{args.name}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     write_markdown(summary, args.results / f"{args.name}.md", len(args.seeds))

@@ -15,10 +15,28 @@ def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def add_data_argument(p: argparse.ArgumentParser) -> None:
+    """``--data``, the data folder; :func:`data_root_arg` resolves it."""
+    p.add_argument("--data", help="data folder (default: $MODPROMPT_DATA or the `modprompt data` cache)")
+
+
 def data_root_arg(value: str | None) -> Path:
     from modprompt.data.download import default_data_root
 
     return Path(value) if value else default_data_root()
+
+
+def add_run_arguments(p: argparse.ArgumentParser, config_help: str, run_dir_help: str) -> None:
+    """The arguments of a resumable multi-task run on the upstream tasks (``pretrain``, ``prefinetune``)."""
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("--run-dir", required=True, help=run_dir_help)
+    add_data_argument(p)
+    p.add_argument("--until", type=int, help="stop at this step with a checkpoint; run again to continue")
+
+
+def print_run_summary(summary: dict) -> None:
+    """A multi-task run's summary without its per-step history and evaluations."""
+    print_json({k: v for k, v in summary.items() if k not in ("history", "evaluations")})
 
 
 # -- modprompt tasks -----------------------------------------------------------------------------
@@ -27,7 +45,7 @@ def data_root_arg(value: str | None) -> Path:
 def _add_tasks(sub) -> None:
     p = sub.add_parser("tasks", help="list every registered task with its kind, role and split sizes")
     p.add_argument("--json", action="store_true", help="print the full table as JSON")
-    p.add_argument("--data", help="data folder (default: $MODPROMPT_DATA or the `modprompt data` cache)")
+    add_data_argument(p)
     p.add_argument("--role", choices=["upstream", "downstream"], help="only tasks of this role")
     p.add_argument("--lenient", action="store_true", help="skip malformed records instead of stopping")
     p.set_defaults(func=_run_tasks)
@@ -121,10 +139,11 @@ def _run_backbone(args) -> int:
 
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pre-train a modular prompt bank on the upstream tasks (resumable)")
-    p.add_argument("--config", required=True, help="a pre-training config JSON (e.g. modprompt/configs/pretrain-gemma.json)")
-    p.add_argument("--run-dir", required=True, help="run folder: checkpoints, history, and the bank in RUN_DIR/bank")
-    p.add_argument("--data", help="data folder (default: $MODPROMPT_DATA or the `modprompt data` cache)")
-    p.add_argument("--until", type=int, help="stop at this step with a checkpoint; run again to continue")
+    add_run_arguments(
+        p,
+        config_help="a pre-training config JSON (e.g. modprompt/configs/pretrain-gemma.json)",
+        run_dir_help="run folder: checkpoints, history, and the bank in RUN_DIR/bank",
+    )
     p.set_defaults(func=_run_pretrain)
 
 
@@ -132,7 +151,7 @@ def _run_pretrain(args) -> int:
     from modprompt.modular.pretrain import PretrainConfig, pretrain
 
     summary = pretrain(PretrainConfig.from_json(args.config), args.run_dir, data_root_arg(args.data), until=args.until)
-    print_json({k: v for k, v in summary.items() if k not in ("history", "evaluations")})
+    print_run_summary(summary)
     return 0
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,6 +21,19 @@ def data_root() -> Path:
 
 
 pytest_plugins = ["fixtures_tiny"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Tiny models gain nothing from a second thread, and on a shared 2-core machine two threads per process
+    make every matmul wait for the other process (10x slower under load).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

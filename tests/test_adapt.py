@@ -32,15 +32,7 @@ L, H, K, N, R = 2, 32, 8, 4, 4  # tiny backbones: layers, hidden; bank: modules,
 HEAD = 2 * H + 2
 FAST = {"max_length": 96, "batch_size": 8, "eval_every": 2, "max_steps": 4, "test_limit": 20}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared 2-core machine two threads per
-    # process make every matmul wait for the other process (10x slower under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_bank(backbone, directory: Path) -> Path:
@@ -293,6 +285,7 @@ def test_a_changed_bank_is_refused(decoder, tmp_path):
 
 
 def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, data_root, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(REPO / "benchmarks")  # as when run as a script: it imports result_grid beside it
     spec = importlib.util.spec_from_file_location("fewshot_benchmark", REPO / "benchmarks" / "fewshot.py")
     fewshot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fewshot)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from blackbox_helpers import MAX_LENGTH, examples, tiny_bank
 
 from modprompt.backbone import load_backbone
@@ -19,14 +18,7 @@ from modprompt.modular.model import ModularPromptModel
 
 KINDS = ["encoder", "decoder", "encoder-decoder"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine: a second intra-op thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import time
 import httpx
 import numpy as np
 import pytest
-import torch
 from blackbox_helpers import MAX_LENGTH, examples, tiny_bank
 
 from modprompt.backbone import load_backbone
@@ -33,17 +32,14 @@ LIMITS = Limits(max_body_bytes=64_000, max_candidates=6, max_examples=20, timeou
 
 
 @pytest.fixture(scope="module")
-def served(tiny_decoder, data_root, tmp_path_factory):
+def served(one_thread, tiny_decoder, data_root, tmp_path_factory):
     """A Gemma-3-like tiny backbone and a random bank behind a real server on a free loopback port."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core machine
     splits = examples(data_root)
     bank = tiny_bank(tiny_decoder, tmp_path_factory.mktemp("bank"), splits[0])
     model = ModularPromptModel.from_pretrained(bank, load_backbone(tiny_decoder))
     scorer = Scorer(model, max_length=MAX_LENGTH, batch_size=8)
     with ServerThread(create_app(scorer, [KEY], LIMITS)) as server:
         yield server.url, scorer, splits
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import fields
 
 from modprompt.adapt.config import AdaptConfig
+from modprompt.cli import add_data_argument
 
 #: command-line flags that set AdaptConfig fields of the same name (dashes for underscores)
 _CONFIG_FLAGS = {
@@ -45,7 +46,7 @@ def add_adapt(sub) -> None:
     p.add_argument("--bank", help="the pre-trained bank folder (needed by mp2 and route-*; sets n for pt/deep-pt)")
     p.add_argument("--seed", type=int, default=0, help="few-shot split (FewCLUE: 0..4) and initialisation seed")
     p.add_argument("--backbone", help="a local model folder or 'gemma-3-270m' (default: the bank's)")
-    p.add_argument("--data", help="data folder (default: $MODPROMPT_DATA or the `modprompt data` cache)")
+    add_data_argument(p)
     p.add_argument("--out", help="save the adapted parameters here (for `modprompt predict`)")
     p.add_argument("--router-shared", action="store_true", help="mp2: one router for all layers in stage 1")
     defaults = {f.name: f.default for f in fields(AdaptConfig)}

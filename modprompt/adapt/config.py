@@ -21,7 +21,9 @@ would tie the learning rate to ``max_steps``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from modprompt.config_utils import config_from_dict
 
 
 @dataclass
@@ -81,8 +83,4 @@ class AdaptConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> AdaptConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown adaptation config keys: {sorted(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "adaptation")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,10 +29,8 @@ from torch import nn
 
 from modprompt.backbone import Backbone, load_backbone
 from modprompt.data.encoding import IGNORE_INDEX, EncodingConfig, MRCEncoder
-from modprompt.data.mrc import Role
-from modprompt.data.task import all_tasks
 from modprompt.head import SpanHead, span_loss
-from modprompt.modular.pretrain import upstream_data
+from modprompt.modular.pretrain import UpstreamRunConfig, start_run
 from modprompt.training.trainer import MultiTaskObjective, MultiTaskTrainer, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -45,13 +43,9 @@ HEAD_WEIGHTS = "head.safetensors"
 
 
 @dataclass
-class PrefinetuneConfig:
+class PrefinetuneConfig(UpstreamRunConfig):
     """Everything a pre-finetuning run needs; stored as JSON (see ``modprompt/configs``)."""
 
-    backbone: str = "gemma-3-270m"
-    tasks: list[str] = field(default_factory=list)  # empty: every upstream task
-    max_length: int = 256
-    held_out_per_task: int = 100
     lr: float = 2e-5  # the backbone's
     lr_head: float = 1e-4  # the span head starts from scratch
     weight_decay: float = 0.01  # on the backbone's matrices, not on biases, norms or the head
@@ -61,19 +55,6 @@ class PrefinetuneConfig:
     def __post_init__(self) -> None:
         if not self.train.mixed_batches:
             raise ValueError("pre-finetuning trains on heterogeneous batches: train.mixed_batches must be true")
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> PrefinetuneConfig:
-        data = json.loads(Path(path).read_text())
-        train = data.pop("train", {})
-        train.setdefault("mixed_batches", True)
-        try:
-            return cls(train=TrainConfig(**train), **data)
-        except TypeError as err:
-            raise ValueError(f"{path}: {err}") from None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class SpanModel(nn.Module):
@@ -198,11 +179,7 @@ def prefinetune(config: PrefinetuneConfig, run_dir: str | Path, data_root: Path,
     The model is saved to ``run_dir/model`` once the run has finished. The summary adds the number
     of trained parameters to the trainer's budget figures (steps, examples, tokens, seconds).
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    tasks = config.tasks or sorted(t.name for t in all_tasks(Role.UPSTREAM))
-    train, held_out = upstream_data(tasks, data_root, config.held_out_per_task, config.train.seed)
+    run_dir, tasks, train, held_out = start_run(config, run_dir, data_root)
     backbone = load_backbone(config.backbone, freeze=False)
     torch.manual_seed(config.train.seed)
     model = SpanModel(backbone)

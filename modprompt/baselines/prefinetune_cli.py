@@ -5,21 +5,23 @@ Kept apart from the training code so that building the ``modprompt`` parser impo
 
 from __future__ import annotations
 
+from modprompt.cli import add_run_arguments, data_root_arg, print_run_summary
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("prefinetune", help="MUPPET-style multi-task full fine-tuning on the upstream tasks (resumable)")
-    p.add_argument("--config", required=True, help="a config JSON (e.g. modprompt/configs/prefinetune-gemma.json)")
-    p.add_argument("--run-dir", required=True, help="run folder: checkpoints, history, and the model in RUN_DIR/model")
-    p.add_argument("--data", help="data folder (default: $MODPROMPT_DATA or the `modprompt data` cache)")
-    p.add_argument("--until", type=int, help="stop at this step with a checkpoint; run again to continue")
+    add_run_arguments(
+        p,
+        config_help="a config JSON (e.g. modprompt/configs/prefinetune-gemma.json)",
+        run_dir_help="run folder: checkpoints, history, and the model in RUN_DIR/model",
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from modprompt.baselines.prefinetune import PrefinetuneConfig, prefinetune
-    from modprompt.cli import data_root_arg, print_json
 
     config = PrefinetuneConfig.from_json(args.config)
     summary = prefinetune(config, args.run_dir, data_root_arg(args.data), until=args.until)
-    print_json({k: v for k, v in summary.items() if k not in ("history", "evaluations")})
+    print_run_summary(summary)
     return 0

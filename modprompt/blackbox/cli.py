@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+
 from modprompt.blackbox.params import Limits
+from modprompt.cli import add_data_argument
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ def add_bbt_parser(sub) -> None:
     p.add_argument("--method", required=True, choices=["mp2-bb", "bbt", "bbtv2"])
     p.add_argument("--seed", type=int, default=0, help="few-shot split (FewCLUE: 0..4) and optimiser seed")
     p.add_argument("--preset", choices=["mp2", "cpu"], default="mp2", help="budget defaults; flags override")
-    p.add_argument("--data", help="data folder (default: $MODPROMPT_DATA or the `modprompt data` cache)")
+    add_data_argument(p)
     p.add_argument("--state", help="state file (default runs/blackbox/METHOD-TASK-seedS.pkl); resumed if present")
     p.add_argument("--out", help="also write the full result (with the tuned numbers and history) here")
     p.add_argument("--api-key-file", help="file whose first line is the key (default: $MODPROMPT_API_KEY)")

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from modprompt.blackbox.cmaes import LayerwiseCMA
 from modprompt.blackbox.objective import ExampleSet, Objective, Usage
 from modprompt.blackbox.params import Candidate, ModelInfo, Space
 from modprompt.blackbox.state import load_state, save_state
+from modprompt.config_utils import config_from_dict
 from modprompt.data.mrc import MRCExample
 
 logger = logging.getLogger(__name__)
@@ -104,11 +105,7 @@ class TuneConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TuneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown black-box config keys: {sorted(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "black-box")
 
 
 def _combine(a: dict, b: dict, sign: int = 1) -> dict:

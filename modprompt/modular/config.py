@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from modprompt.config_utils import config_from_dict
 
 
 @dataclass
@@ -45,8 +47,4 @@ class ModularPromptConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModularPromptConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown prompt-bank config keys: {sorted(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "prompt-bank")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -29,14 +30,41 @@ from modprompt.training.trainer import MultiTaskObjective, MultiTaskTrainer, Tra
 logger = logging.getLogger(__name__)
 
 
+C = TypeVar("C", bound="UpstreamRunConfig")
+
+
 @dataclass
-class PretrainConfig:
-    """Everything a pre-training run needs; stored as JSON (see ``modprompt/configs``)."""
+class UpstreamRunConfig:
+    """The settings every multi-task run on the upstream tasks has (pre-training, pre-finetuning).
+
+    A run's config adds its own fields after these and ends with ``train``, a :class:`TrainConfig`.
+    """
 
     backbone: str = "gemma-3-270m"
     tasks: list[str] = field(default_factory=list)  # empty: every upstream task
     max_length: int = 256
     held_out_per_task: int = 100
+
+    @classmethod
+    def from_json(cls: type[C], path: str | Path) -> C:
+        """The config stored in a JSON file; its ``train`` keys override the config's default ``train``.
+
+        An unknown key, at the top or in ``train``, is a ValueError naming the file.
+        """
+        data = json.loads(Path(path).read_text())
+        try:
+            return cls(train=replace(cls().train, **data.pop("train", {})), **data)
+        except TypeError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PretrainConfig(UpstreamRunConfig):
+    """Everything a pre-training run needs; stored as JSON (see ``modprompt/configs``)."""
+
     lr_router: float = 5e-4
     lr_prompt: float = 1e-4
     num_modules: int = 8
@@ -46,18 +74,6 @@ class PretrainConfig:
     temperature_start: float = 1.0
     temperature_end: float = 0.1
     train: TrainConfig = field(default_factory=TrainConfig)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> PretrainConfig:
-        data = json.loads(Path(path).read_text())
-        train = TrainConfig(**data.pop("train", {}))
-        try:
-            return cls(train=train, **data)
-        except TypeError as err:
-            raise ValueError(f"{path}: {err}") from None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def prompt_config(self, num_layers: int, hidden_size: int) -> ModularPromptConfig:
         return ModularPromptConfig(
@@ -121,6 +137,18 @@ def upstream_data(
     return train, held_out
 
 
+def start_run(
+    config: UpstreamRunConfig, run_dir: str | Path, data_root: Path
+) -> tuple[Path, list[str], dict[str, list[MRCExample]], dict[str, list[MRCExample]]]:
+    """Create ``run_dir`` with the config in it; the run's tasks, their training and held-out examples."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    tasks = config.tasks or sorted(t.name for t in all_tasks(Role.UPSTREAM))
+    train, held_out = upstream_data(tasks, data_root, config.held_out_per_task, config.train.seed)
+    return run_dir, tasks, train, held_out
+
+
 def build_model(config: PretrainConfig, tasks: list[str], seed: int) -> tuple[ModularPromptModel, MRCEncoder]:
     backbone = load_backbone(config.backbone)
     torch.manual_seed(seed)
@@ -134,11 +162,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, data_root: Path, until
 
     The bank is saved to ``run_dir/bank`` whenever a call ends, finished or not.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    tasks = config.tasks or sorted(t.name for t in all_tasks(Role.UPSTREAM))
-    train, held_out = upstream_data(tasks, data_root, config.held_out_per_task, config.train.seed)
+    run_dir, tasks, train, held_out = start_run(config, run_dir, data_root)
     model, encoder = build_model(config, tasks, config.train.seed)
     sample = [example for name in tasks for example in train[name][:2]]
     model.calibrate(encoder.collate(encoder.encode_all(sample)))

@@ -1,0 +1,163 @@
+"""The stored results the benchmarks share: methods × tasks × seeds, one JSON file per run.
+
+A benchmark (``fewshot.py``, ``blackbox.py``) writes each (method, task, seed) result to
+``ROOT/<method>/<task>/seed<seed>.json`` as soon as it finishes, so a rerun skips what is there and a
+stopped benchmark continues where it stopped. A stored result must have been made with this run's
+settings and from the same bank and backbone; a mismatch is an error that asks for another ``--name``.
+The stored results are summarised as mean ± sample std over seeds per (method, task), and laid out as a
+markdown table with one row per method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ResultGrid:
+    """The results of one benchmark name: where they are stored and what must agree between them."""
+
+    root: Path
+    methods: Sequence[str]
+    tasks: Sequence[str]
+    seeds: Sequence[int]
+    #: the config class of a run (``to_dict`` / ``from_dict``), as stored under a result's "config"
+    config_type: Any
+    #: config fields allowed to differ between the runs of one benchmark; every other one must agree
+    per_run_fields: tuple[str, ...] = ("method", "seed")
+
+    def path(self, method: str, task: str, seed: int) -> Path:
+        return self.root / method / task / f"seed{seed}.json"
+
+    def settings(self, config: Any) -> dict:
+        """What must agree between a stored result and this run: the config without the per-run fields."""
+        return {k: v for k, v in config.to_dict().items() if k not in self.per_run_fields}
+
+    def check_identity(self, identity: dict) -> None:
+        """Stored results must come from the same bank and backbone as this run's, described by ``identity``
+        (written by the first run, compared by every later one)."""
+        path = self.root / "identity.json"
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            if stored != identity:
+                message = f"{self.root} holds results of another bank or backbone ({stored}); use another --name"
+                raise SystemExit(message)
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(identity, indent=2) + "\n")
+
+    def missing(self, make_config: Callable[[str, int], Any]) -> tuple[list[tuple[Any, str, Path]], int]:
+        """The (config, task, path) of every run not stored yet, and how many are stored.
+
+        ``make_config(method, seed)`` is this run's config; a stored result made with other settings is an error.
+        """
+        todo, done = [], 0
+        for method in self.methods:
+            for task in self.tasks:
+                for seed in self.seeds:
+                    config = make_config(method, seed)
+                    path = self.path(method, task, seed)
+                    if path.is_file():
+                        stored = json.loads(path.read_text())
+                        if self.settings(self.config_type.from_dict(stored["config"])) != self.settings(config):
+                            raise SystemExit(f"{path} was made with other settings; rerun with another --name")
+                        done += 1
+                    else:
+                        todo.append((config, task, path))
+        return todo, done
+
+    @staticmethod
+    def store(path: Path, result: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)  # a run killed while writing leaves no half result behind
+
+    def summary(self, per_run: dict[str, str], metric: str, **context: Any) -> dict:
+        """Mean ± sample std over the stored seeds of each (method, task), and per-method summaries.
+
+        ``per_run`` maps a result field to the summary key of its mean over a method's runs (e.g. seconds);
+        ``context`` (the bank, ...) goes into the summary after the backbone, ``metric`` says what is scored.
+        """
+        methods: dict[str, dict] = {}
+        settings, backbone = None, None
+        for method in self.methods:
+            tasks, params, runs = {}, set(), []
+            for task in self.tasks:
+                scores = {}
+                for seed in self.seeds:
+                    path = self.path(method, task, seed)
+                    if not path.is_file():
+                        continue
+                    result = json.loads(path.read_text())
+                    settings = settings or self.settings(self.config_type.from_dict(result["config"]))
+                    backbone = backbone or result["backbone"]
+                    scores[seed] = result["metric"]
+                    params.add(result["trainable_parameters"])
+                    runs.append(result)
+                if scores:
+                    mean, std = _mean_std(list(scores.values()))
+                    tasks[task] = {"mean": mean, "std": std, "n": len(scores), "seeds": scores}
+            complete = len(tasks) == len(self.tasks) and all(t["n"] == len(self.seeds) for t in tasks.values())
+            methods[method] = {
+                "trainable_parameters": sorted(params)[0] if len(params) == 1 else sorted(params),
+                **{key: statistics.fmean(r[field] for r in runs) if runs else None for field, key in per_run.items()},
+                "runs": len(runs),
+                "tasks": tasks,
+                # The average over tasks is only comparable between methods when every cell is complete.
+                "average": statistics.fmean(t["mean"] for t in tasks.values()) if complete else None,
+            }
+        return {
+            "backbone": backbone,
+            **context,
+            "tasks": list(self.tasks),
+            "seeds": list(self.seeds),
+            "settings": settings,
+            "metric": metric,
+            "methods": methods,
+        }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _cell(entry: dict | None, seeds: int) -> str:
+    """``mean ± std`` in percent; a cell over fewer seeds than asked shows how many."""
+    if entry is None:
+        return "–"
+    text = f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
+    return text if entry["n"] == seeds else f"{text} (n={entry['n']})"
+
+
+def write_table(
+    summary: dict, path: Path, seeds: int, title: str, intro: str, params: str, columns: dict[str, tuple[str, str]]
+) -> None:
+    """The summary as a markdown table, one row per method: ``params`` heads the trainable-parameter
+    column, and ``columns`` maps each heading after the average to a per-method summary key and its format."""
+    tasks = summary["tasks"]
+    lines = [
+        f"# {title}",
+        "",
+        intro,
+        "",
+        f"Settings (the same for every method): `{json.dumps(summary['settings'], ensure_ascii=False)}`",
+        "",
+        f"| method | {params} | " + " | ".join(tasks) + " | average | " + " | ".join(columns) + " |",
+        "|---|---:|" + "---:|" * len(tasks) + "---:|" + "---:|" * len(columns),
+    ]
+    for method, entry in summary["methods"].items():
+        cells = [_cell(entry["tasks"].get(task), seeds) for task in tasks]
+        average = f"{100 * entry['average']:.1f}" if entry["average"] is not None else "–"
+        extra = [format(entry[key], spec) if entry[key] is not None else "–" for key, spec in columns.values()]
+        counts = entry["trainable_parameters"]
+        counts = f"{counts:,}" if isinstance(counts, int) else ", ".join(f"{p:,}" for p in counts) or "–"
+        lines.append(f"| {method} | {counts} | " + " | ".join(cells) + f" | {average} | " + " | ".join(extra) + " |")
+    path.write_text("\n".join(lines) + "\n")
