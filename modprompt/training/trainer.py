@@ -341,6 +341,7 @@ class MultiTaskTrainer:
             "max_difference_between_ranks": self.rank_difference,
             "history": self.history,
             "evaluations": self.evaluations,
+            "held_out_step": self.evaluations[-1]["step"] if self.evaluations else None,
             "final_held_out": final,
             "mean_held_out": _mean_main_metric(final),
         }
