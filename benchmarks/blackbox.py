@@ -6,8 +6,8 @@ with the same settings except the method and the seed. By default the optimisers
 a running ``modprompt serve`` of the same bank instead. Each (method, task, seed) result is written to
 ``RESULTS/NAME/<method>/<task>/seed<seed>.json`` as soon as it finishes, and each run's optimiser state to
 ``--work`` after every generation, so a stopped benchmark continues where it stopped, even mid-run. The
-stored results are aggregated to ``RESULTS/NAME.json`` and ``RESULTS/NAME.md`` in the layout of
-``benchmarks/fewshot.py`` (mean ± sample std over seeds per task and their average), with the calls per run.
+stored results are aggregated to ``RESULTS/NAME.json``, ``RESULTS/NAME.md`` and ``RESULTS/NAME.png`` in the
+layout of ``benchmarks/fewshot.py`` (mean ± sample std over seeds per task and their average), with the calls per run.
 
     python benchmarks/blackbox.py --bank runs/pretrain-gemma/bank --preset cpu --test-limit 300
     python benchmarks/blackbox.py --bank BANK --methods mp2-bb --tasks eprstmt --seeds 0 1 --aggregate-only
@@ -16,23 +16,18 @@ stored results are aggregated to ``RESULTS/NAME.json`` and ``RESULTS/NAME.md`` i
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
-from result_grid import ResultGrid, write_table
+from result_grid import ResultGrid, add_grid_arguments, run_grid, write_table
 
 from modprompt.adapt.methods import BANK_WEIGHTS, file_sha256
 from modprompt.blackbox.tune import METHODS, PRESETS, TuneConfig, tune_task
-from modprompt.data.builtin import DOWNSTREAM_TASKS
-from modprompt.data.download import default_data_root
 
 logger = logging.getLogger("blackbox")
 
-RESULTS = Path(__file__).parent / "results"
 #: TuneConfig fields the benchmark sets from its arguments, the same for every method and seed
 SHARED = {
     "router": str, "router_evaluations": int, "router_initial_points": int, "prompt_evaluations": int,
@@ -101,38 +96,24 @@ def write_markdown(summary: dict, path: Path, seeds: int) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bank", required=True, help="the pre-trained bank folder (the one the server serves)")
-    p.add_argument("--backbone", help="a local model folder or 'gemma-3-270m' (default: the bank's)")
+    add_grid_arguments(p, METHODS, "blackbox")
     p.add_argument("--server", help="score through this `modprompt serve` URL ($MODPROMPT_API_KEY) instead")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--tasks", nargs="+", default=list(DOWNSTREAM_TASKS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="budget defaults (flags override)")
     p.add_argument("--max-length", type=int, default=256, help="in-process: tokens per example")
-    p.add_argument("--data", type=Path, default=None, help="data folder (default: $MODPROMPT_DATA or the cache)")
-    p.add_argument("--results", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     p.add_argument("--work", type=Path, default=Path("runs/benchmarks"), help="optimiser states, for resuming")
-    p.add_argument("--name", default="blackbox", help="stem of the outputs and of the per-run folder")
-    p.add_argument("--aggregate-only", action="store_true", help="only aggregate the stored results")
     for name, kind in SHARED.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"TuneConfig.{name} for every run")
     args = p.parse_args(argv)
-    args.data = args.data or default_data_root()
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        p.error(f"unknown methods {unknown}; known: {list(METHODS)}")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     grid = ResultGrid(args.results / args.name, args.methods, args.tasks, args.seeds, TuneConfig)
-    if not args.aggregate_only:
-        started = time.perf_counter()
-        run_all(args, grid)
-        logger.info("runs took %.0f s", time.perf_counter() - started)
-    summary = aggregate(args, grid)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{args.name}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    write_markdown(summary, args.results / f"{args.name}.md", len(args.seeds))
-    return summary
+    return run_grid(args, grid, run_all, aggregate, write_markdown, "Black-box few-shot tuning")
 
 
 if __name__ == "__main__":

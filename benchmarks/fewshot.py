@@ -19,25 +19,20 @@ set: the same examples for every method and seed.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
-import time
 from pathlib import Path
 
-import torch
-from result_grid import ResultGrid, write_table
+from result_grid import ResultGrid, add_grid_arguments, run_grid, write_table
 
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.methods import BANK_WEIGHTS, METHODS, file_sha256
-from modprompt.adapt.run import adapt, bank_backbone, resolve_backbone
-from modprompt.data.builtin import DOWNSTREAM_TASKS
-from modprompt.data.download import default_data_root
+from modprompt.adapt.run import adapt
+from modprompt.backbone import resolve_backbone
+from modprompt.modular.model import read_bank_config
 
 logger = logging.getLogger("fewshot")
 
-RESULTS = Path(__file__).parent / "results"
 DEFAULT_METHODS = ("mp2", "route-only", "route-per-layer", "pt", "deep-pt", "ft")
 #: AdaptConfig fields the benchmark sets from its arguments (the budget and the shared settings)
 SHARED = ("k_per_label", "max_length", "batch_size", "max_epochs", "max_steps", "eval_every", "patience",
@@ -53,7 +48,7 @@ def _grid(args: argparse.Namespace) -> ResultGrid:
 def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
     """Run every missing (method, task, seed), storing each result as it finishes."""
     bank_sha256 = file_sha256(Path(args.bank) / BANK_WEIGHTS)
-    grid.check_identity({"bank_sha256": bank_sha256, "backbone": args.backbone or bank_backbone(args.bank)["name"]})
+    grid.check_identity({"bank_sha256": bank_sha256, "backbone": args.backbone or read_bank_config(args.bank)["backbone"]["name"]})
     shared = {name: getattr(args, name) for name in SHARED if getattr(args, name) is not None}
     if args.prefinetuned:
         shared["prefinetuned"] = str(Path(args.prefinetuned).resolve())
@@ -61,7 +56,7 @@ def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
     logger.info("%d results stored, %d to run", done, len(todo))
     if not todo:
         return
-    backbone = resolve_backbone(args.backbone, bank_backbone(args.bank))
+    backbone = resolve_backbone(args.backbone, read_bank_config(args.bank)["backbone"])
     for i, (config, task, path) in enumerate(todo, 1):
         logger.info("[%d/%d] %s on %s, seed %d", i, len(todo), config.method, task, config.seed)
         result = adapt(config, task, args.data, bank=args.bank, backbone=backbone)
@@ -88,76 +83,22 @@ def write_markdown(summary: dict, path: Path, seeds: int) -> None:
     write_table(summary, path, seeds, "Few-shot adaptation benchmark", intro, "trainable params", columns)
 
 
-def write_plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = summary["tasks"]
-    methods = list(summary["methods"])
-    width = 0.8 / max(1, len(methods))
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * (len(tasks) + 1)), 4))
-    for i, method in enumerate(methods):
-        entry = summary["methods"][method]
-        means = [100 * entry["tasks"][t]["mean"] if t in entry["tasks"] else math.nan for t in tasks]
-        stds = [100 * entry["tasks"][t]["std"] if t in entry["tasks"] else 0.0 for t in tasks]
-        means.append(100 * entry["average"] if entry["average"] is not None else math.nan)
-        stds.append(0.0)
-        xs = [x + (i - (len(methods) - 1) / 2) * width for x in range(len(tasks) + 1)]
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=method)
-    ax.set_xticks(range(len(tasks) + 1), [*tasks, "average"], rotation=30)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Few-shot adaptation on {summary['backbone']} (mean ± std over seeds)", fontsize="medium")
-    ax.legend(fontsize="small", ncols=min(len(methods), 3))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bank", required=True, help="the pre-trained bank folder")
-    p.add_argument("--backbone", help="a local model folder or 'gemma-3-270m' (default: the bank's)")
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
-    p.add_argument("--tasks", nargs="+", default=list(DOWNSTREAM_TASKS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    p.add_argument("--data", type=Path, default=None, help="data folder (default: $MODPROMPT_DATA or the cache)")
-    p.add_argument("--results", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
-    p.add_argument("--name", default="fewshot", help="stem of the outputs and of the per-run folder")
-    p.add_argument("--aggregate-only", action="store_true", help="only aggregate the stored results")
+    add_grid_arguments(p, DEFAULT_METHODS, "fewshot")
     p.add_argument("--prefinetuned", help="the pre-finetuned model folder, for the 'prefinetune' method")
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (default: torch's); use 1 while another heavy process shares a 2-core machine",
-    )
     for name in SHARED:
         p.add_argument("--" + name.replace("_", "-"), type=int, help=f"AdaptConfig.{name} for every run")
     args = p.parse_args(argv)
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         p.error(f"unknown methods {unknown}; known: {sorted(METHODS)}")
-    args.data = args.data or default_data_root()
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        # Two processes with two threads each on two cores make every matmul wait: 5-10x slower steps.
-        torch.set_num_threads(args.threads)
-    grid = _grid(args)
-    if not args.aggregate_only:
-        started = time.perf_counter()
-        run_all(args, grid)
-        logger.info("runs took %.0f s", time.perf_counter() - started)
-    summary = aggregate(args, grid)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{args.name}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    write_markdown(summary, args.results / f"{args.name}.md", len(args.seeds))
-    write_plot(summary, args.results / f"{args.name}.png")
-    return summary
+    return run_grid(args, _grid(args), run_all, aggregate, write_markdown, "Few-shot adaptation")
 
 
 if __name__ == "__main__":

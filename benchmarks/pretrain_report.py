@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ def main() -> None:
     def mean(key: str) -> float | None:
         return sum(v[key] for v in per_task.values()) / len(per_task) if per_task else None
 
+    windows = run["history"]  # one record per log window: its steps' loss, seconds and real tokens
     result = {
         "command": f"modprompt pretrain --config <config> --run-dir {args.run_dir}",
         "config": config,
@@ -55,6 +57,10 @@ def main() -> None:
         "examples_seen": run["examples_seen"],
         "tokens_seen": run["tokens_seen"],
         "train_hours": run["train_seconds"] / 3600,
+        # Real (unpadded) tokens through forward+backward per second of optimisation. The median window is
+        # the machine's rate; the overall figure also holds windows slowed by other processes on the CPU.
+        "tokens_per_s_overall": run["tokens_seen"] / run["train_seconds"],
+        "tokens_per_s_median_window": statistics.median(h["tokens_per_s"] for h in windows) if windows else None,
         "evaluated_at_steps": [e["step"] for e in evaluations],
         "held_out": per_task,
         "mean_untrained": mean("untrained"),
@@ -72,9 +78,18 @@ def main() -> None:
     steps = [s for s, _ in result["loss_curve"]]
     losses = [loss for _, loss in result["loss_curve"]]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, losses, lw=1)
+    ax.plot(steps, losses, lw=0.8, alpha=0.4, label="log window (10 steps)")
+    # Each step draws one task and tasks differ in difficulty, so a window is noisy: the trend shows over several.
+    smooth = [statistics.fmean(losses[max(0, i - 9) : i + 1]) for i in range(len(losses))]
+    ax.plot(steps, smooth, lw=1.8, color="tab:blue", label="mean of the last 10 windows")
+    ax.legend(loc="upper center", fontsize="small")
     ax.set_xlabel("step")
     ax.set_ylabel("span loss (mean over log window)")
+    if evaluations:
+        held = ax.twinx()
+        means = [sum(main_metric(m) for m in e["results"].values()) / len(e["results"]) for e in evaluations]
+        held.plot([e["step"] for e in evaluations], means, "o--", color="tab:orange")
+        held.set_ylabel("held-out main metric, mean over tasks", color="tab:orange")
     ax.set_title(f"{args.name}: {run['steps']} steps, {run['tokens_seen'] / 1e6:.2f}M tokens")
     fig.tight_layout()
     fig.savefig(RESULTS / f"{args.name}.png", dpi=120)
@@ -86,6 +101,10 @@ def main() -> None:
         "",
         f"Steps {run['steps']}, examples {run['examples_seen']}, tokens {run['tokens_seen']}, "
         f"train time {result['train_hours']:.2f} h. Training curve: `{args.name}.png`.",
+        "",
+        f"Throughput (real tokens through forward+backward): {result['tokens_per_s_overall']:.0f} tokens/s over "
+        f"the whole run, {result['tokens_per_s_median_window'] or 0:.0f} tokens/s in the median log window "
+        "(the overall figure includes windows slowed by other processes sharing the CPU).",
         "",
     ]
     if per_task:

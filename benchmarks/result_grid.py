@@ -4,19 +4,30 @@ A benchmark (``fewshot.py``, ``blackbox.py``) writes each (method, task, seed) r
 ``ROOT/<method>/<task>/seed<seed>.json`` as soon as it finishes, so a rerun skips what is there and a
 stopped benchmark continues where it stopped. A stored result must have been made with this run's
 settings and from the same bank and backbone; a mismatch is an error that asks for another ``--name``.
-The stored results are summarised as mean ± sample std over seeds per (method, task), and laid out as a
-markdown table with one row per method.
+The stored results are summarised as mean ± sample std over seeds per (method, task), and written as
+``NAME.json``, a markdown table with one row per method (``NAME.md``) and a bar chart (``NAME.png``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import math
 import os
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from modprompt.data.builtin import DOWNSTREAM_TASKS
+from modprompt.data.download import default_data_root
+
+logger = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).parent / "results"
 
 
 @dataclass(frozen=True)
@@ -161,3 +172,76 @@ def write_table(
         counts = f"{counts:,}" if isinstance(counts, int) else ", ".join(f"{p:,}" for p in counts) or "–"
         lines.append(f"| {method} | {counts} | " + " | ".join(cells) + f" | {average} | " + " | ".join(extra) + " |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(summary: dict, path: Path, title: str) -> None:
+    """Mean ± std per task (and the average over tasks) as grouped bars, one colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = summary["tasks"]
+    methods = list(summary["methods"])
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * (len(tasks) + 1)), 4))
+    for i, method in enumerate(methods):
+        entry = summary["methods"][method]
+        means = [100 * entry["tasks"][t]["mean"] if t in entry["tasks"] else math.nan for t in tasks]
+        stds = [100 * entry["tasks"][t]["std"] if t in entry["tasks"] else 0.0 for t in tasks]
+        means.append(100 * entry["average"] if entry["average"] is not None else math.nan)
+        stds.append(0.0)
+        xs = [x + (i - (len(methods) - 1) / 2) * width for x in range(len(tasks) + 1)]
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=method)
+    ax.set_xticks(range(len(tasks) + 1), [*tasks, "average"], rotation=30)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{title} on {summary['backbone']} (mean ± std over seeds)", fontsize="medium")
+    ax.legend(fontsize="small", ncols=min(len(methods), 3))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_grid_arguments(p: argparse.ArgumentParser, methods: Sequence[str], name: str) -> None:
+    """The arguments every grid benchmark takes: what to run, where the data and results are, threads."""
+    p.add_argument("--bank", required=True, help="the pre-trained bank folder")
+    p.add_argument("--backbone", help="a local model folder or 'gemma-3-270m' (default: the bank's)")
+    p.add_argument("--methods", nargs="+", default=list(methods))
+    p.add_argument("--tasks", nargs="+", default=list(DOWNSTREAM_TASKS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--data", type=Path, default=None, help="data folder (default: $MODPROMPT_DATA or the cache)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    p.add_argument("--name", default=name, help="stem of the outputs and of the per-run folder")
+    p.add_argument("--aggregate-only", action="store_true", help="only aggregate the stored results")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's); use 1 while another heavy process shares a 2-core machine",
+    )
+
+
+def run_grid(
+    args: argparse.Namespace,
+    grid: ResultGrid,
+    run_all: Callable[[argparse.Namespace, ResultGrid], None],
+    aggregate: Callable[[argparse.Namespace, ResultGrid], dict],
+    write_markdown: Callable[[dict, Path, int], None],
+    title: str,
+) -> dict:
+    """Run what is missing (unless ``--aggregate-only``), then write ``NAME.json``, ``.md`` and ``.png``."""
+    args.data = args.data or default_data_root()
+    if not args.aggregate_only:
+        if args.threads:
+            import torch
+
+            # Two processes with two threads each on two cores make every matmul wait: 5-10x slower steps.
+            torch.set_num_threads(args.threads)
+        started = time.perf_counter()
+        run_all(args, grid)
+        logger.info("runs took %.0f s", time.perf_counter() - started)
+    summary = aggregate(args, grid)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{args.name}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_markdown(summary, args.results / f"{args.name}.md", len(args.seeds))
+    write_plot(summary, args.results / f"{args.name}.png", title)
+    return summary

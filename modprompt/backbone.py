@@ -117,6 +117,32 @@ def load_backbone(name_or_path: str | Path, *, freeze: bool = True) -> Backbone:
     return backbone.freeze() if freeze else backbone
 
 
+def resolve_backbone(backbone: Backbone | str | Path | None, recorded: dict | None = None) -> Backbone:
+    """A loaded backbone: the one given, else the ``recorded`` one (a saved :class:`BackboneInfo`) when that
+    is the embedded default; a local folder can't be found from its name alone."""
+    if isinstance(backbone, Backbone):
+        return backbone
+    if backbone is None:
+        name = recorded["name"] if recorded else EMBEDDED_DEFAULT
+        if name != EMBEDDED_DEFAULT:
+            raise ValueError(f"this was made on the local backbone folder {name!r}; pass its path (--backbone PATH)")
+        backbone = name
+    return load_backbone(backbone)
+
+
+def check_backbone(recorded: dict, backbone: Backbone, what: str) -> None:
+    """``what`` was saved on the backbone ``recorded``: another shape is an error naming the dimension,
+    another name only a warning."""
+    for key in ("model_type", "num_layers", "hidden_size", "vocab_size"):
+        if recorded[key] != getattr(backbone.info, key):
+            raise ValueError(
+                f"{what} does not fit the backbone: {key} is {recorded[key]!r} there "
+                f"but {getattr(backbone.info, key)!r} in backbone {backbone.info.name!r}"
+            )
+    if recorded["name"] != backbone.info.name:
+        logger.warning("%s was made on backbone %s; using %s", what, recorded["name"], backbone.info.name)
+
+
 def find_blocks(body: nn.Module, num_layers: int) -> nn.ModuleList:
     """The body's list of transformer blocks: the shallowest ``ModuleList`` with one entry per layer."""
     candidates = [

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 from blackbox_helpers import MAX_LENGTH, examples, tiny_bank
@@ -17,6 +20,7 @@ from modprompt.evaluate import predict, score
 from modprompt.modular.model import ModularPromptModel
 
 KINDS = ["encoder", "decoder", "encoder-decoder"]
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -212,3 +216,26 @@ def test_baselines_search_random_projections(banks, splits, method, layers):
     history = [h["layer"] for h in result["history"]]
     assert history == [int(layers[g % len(layers)]) for g in range(4)]  # layers in turn
     assert result["calls"] == 4 + result["evaluations"]["dev"] + 1  # generations + dev + test, one call each
+
+
+def test_blackbox_benchmark_stores_resumes_and_aggregates(banks, data_root, tmp_path, monkeypatch):
+    backbone_dir, bank_dir = banks("encoder")
+    monkeypatch.syspath_prepend(REPO / "benchmarks")  # as when run as a script: it imports result_grid beside it
+    spec = importlib.util.spec_from_file_location("blackbox_benchmark", REPO / "benchmarks" / "blackbox.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    argv = ["--bank", str(bank_dir), "--backbone", str(backbone_dir), "--data", str(data_root),
+            "--results", str(tmp_path), "--work", str(tmp_path / "work"), "--methods", "bbt", "--tasks", "eprstmt",
+            "--seeds", "0", "1", "--prompt-evaluations", "8", "--popsize", "4", "--dim", "6", "--test-limit", "12",
+            "--dev-limit", "8", "--max-length", str(MAX_LENGTH)]  # fmt: skip
+    summary = benchmark.main(argv)
+    bbt = summary["methods"]["bbt"]
+    assert bbt["trainable_parameters"] == 6 and bbt["runs"] == 2 and bbt["tasks"]["eprstmt"]["n"] == 2
+    assert summary["settings"]["prompt_evaluations"] == 8 and summary["server"] == "in-process"
+    assert "| bbt | 6 |" in (tmp_path / "blackbox.md").read_text()
+    assert (tmp_path / "blackbox.png").stat().st_size > 1000
+    assert sorted(p.name for p in (tmp_path / "work" / "blackbox" / "bbt" / "eprstmt").iterdir()) == [
+        "seed0.pkl", "seed1.pkl"]  # fmt: skip
+
+    monkeypatch.setattr(benchmark, "tune_task", lambda *a, **k: pytest.fail("a stored result was run again"))
+    assert benchmark.main(argv)["methods"]["bbt"] == bbt

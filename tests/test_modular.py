@@ -136,6 +136,17 @@ def test_wrong_backbone_names_the_dimension(tiny_encoder, tiny_decoder, tmp_path
         ModularPromptModel.from_pretrained(tmp_path / "bank", dec)
 
 
+def test_not_a_bank_or_another_format_is_named(tiny_encoder, tmp_path):
+    backbone = load_backbone(tiny_encoder)
+    with pytest.raises(FileNotFoundError, match="holds no prompt bank"):
+        ModularPromptModel.from_pretrained(tmp_path, backbone)
+    _model(backbone).save_pretrained(tmp_path / "bank")
+    config = tmp_path / "bank" / "bank_config.json"
+    config.write_text(config.read_text().replace('"format_version": 1', '"format_version": 99'))
+    with pytest.raises(ValueError, match="bank_config.json: prompt bank format 99, expected 1"):
+        ModularPromptModel.from_pretrained(tmp_path / "bank", backbone)
+
+
 def test_gemma_sized_bank_is_small():
     config = ModularPromptConfig(num_layers=18, hidden_size=640)
     numel = 18 * 8 * config.num_tokens * config.rank + 18 * config.rank * 640

@@ -16,7 +16,6 @@ from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.methods import create_method
 from modprompt.backbone import load_backbone
 from modprompt.baselines import prefinetune as pf
-from modprompt.baselines.prefinetune_cli import add_parser
 from modprompt.baselines.prefinetune import (
     PrefinetuneConfig,
     SpanModel,
@@ -25,6 +24,7 @@ from modprompt.baselines.prefinetune import (
     prefinetune,
     save_prefinetuned,
 )
+from modprompt.baselines.prefinetune_cli import add_parser
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.mrc import MRCExample
 from modprompt.training.trainer import TrainConfig

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
 from modprompt.adapt.config import AdaptConfig
-from modprompt.cli import add_data_argument
+from modprompt.cli import SPLIT_FLAGS, add_config_flags, add_data_argument, config_flags
 
 #: command-line flags that set AdaptConfig fields of the same name (dashes for underscores)
 _CONFIG_FLAGS = {
-    "k_per_label": (int, "examples per label for train and for dev, for tasks without official few-shot files"),
+    **SPLIT_FLAGS,
     "max_length": (int, "tokens per example (only the passage is cut)"),
     "num_tokens": (int, "prompt tokens of pt/deep-pt (default: the bank's, else 16)"),
     "batch_size": (int, None),
@@ -18,8 +17,6 @@ _CONFIG_FLAGS = {
     "max_steps": (int, "cap on the optimiser steps of each stage"),
     "eval_every": (int, "steps between dev evaluations (default: one epoch)"),
     "patience": (int, "dev evaluations without improvement before a stage stops"),
-    "test_limit": (int, "score only this many test examples (a fixed subset, the same for every method)"),
-    "dev_limit": (int, "select on only this many dev examples (a fixed subset)"),
     "lr_router": (float, "routers (mp2 stage 1, route-only, route-per-layer)"),
     "lr_prompt": (float, "bank modules/projections in mp2 stage 2"),
     "lr_soft_prompt": (float, "pt and deep-pt prompts"),
@@ -49,12 +46,7 @@ def add_adapt(sub) -> None:
     add_data_argument(p)
     p.add_argument("--out", help="save the adapted parameters here (for `modprompt predict`)")
     p.add_argument("--router-shared", action="store_true", help="mp2: one router for all layers in stage 1")
-    defaults = {f.name: f.default for f in fields(AdaptConfig)}
-    for name, (kind, text) in _CONFIG_FLAGS.items():
-        note = f"default {defaults[name]}" if defaults[name] is not None else "default: none"
-        if text and "default" in text:
-            note = ""
-        p.add_argument("--" + name.replace("_", "-"), type=kind, help="; ".join(filter(None, (text, note))))
+    add_config_flags(p, _CONFIG_FLAGS, AdaptConfig(method="mp2"))
     p.set_defaults(func=run_adapt)
 
 
@@ -62,7 +54,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     from modprompt.adapt.run import adapt
     from modprompt.cli import data_root_arg, print_json
 
-    overrides = {name: getattr(args, name) for name in _CONFIG_FLAGS if getattr(args, name) is not None}
+    overrides = config_flags(args, _CONFIG_FLAGS)
     config = AdaptConfig(args.method, seed=args.seed, router_shared=args.router_shared, **overrides)
     result = adapt(
         config,

@@ -52,8 +52,7 @@ from modprompt.backbone import Backbone
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.mrc import MRCExample
 from modprompt.head import SpanHead
-from modprompt.modular.model import CONFIG_NAME as BANK_CONFIG
-from modprompt.modular.model import PROMPT_OFFSET, ModularPromptModel, PromptInjector, layer_rms
+from modprompt.modular.model import PROMPT_OFFSET, ModularPromptModel, PromptInjector, layer_rms, read_bank_config
 from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.router import annealed_temperature
 
@@ -273,7 +272,7 @@ def _with_num_tokens(config: AdaptConfig, bank_dir: str | Path | None) -> AdaptC
         return config
     n = DEFAULT_NUM_TOKENS
     if bank_dir is not None:
-        n = int(json.loads((Path(bank_dir) / BANK_CONFIG).read_text())["prompt"]["num_tokens"])
+        n = int(read_bank_config(bank_dir)["prompt"]["num_tokens"])
     return replace(config, num_tokens=n)
 
 

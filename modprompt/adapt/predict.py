@@ -35,7 +35,7 @@ from modprompt.data.builtin.convert import (
 )
 from modprompt.data.mrc import MRCExample, TaskKind
 from modprompt.data.readers import DataError, convert_records
-from modprompt.data.spec import FORMATS, TaskSpec, record_reader, read_spec
+from modprompt.data.spec import FORMATS, TaskSpec, read_spec, record_reader
 from modprompt.data.task import Task, get_task
 from modprompt.evaluate import Prediction, predict, score
 

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,7 +17,6 @@ import numpy as np
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.loop import fit
 from modprompt.adapt.methods import (
-    BANK_CONFIG,
     BANK_WEIGHTS,
     CONFIG_NAME,
     DEFAULT_NUM_TOKENS,
@@ -28,12 +26,14 @@ from modprompt.adapt.methods import (
     create_method,
     file_sha256,
 )
-from modprompt.backbone import EMBEDDED_DEFAULT, Backbone, load_backbone
+from modprompt.backbone import Backbone, check_backbone, resolve_backbone
+from modprompt.config_utils import read_saved_config
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.fewshot import fewshot_splits
 from modprompt.data.mrc import MRCExample
 from modprompt.data.spec import load_spec
 from modprompt.evaluate import evaluate, main_metric
+from modprompt.modular.model import read_bank_config
 
 logger = logging.getLogger(__name__)
 
@@ -47,38 +47,6 @@ def subset(examples: list[MRCExample], limit: int | None) -> list[MRCExample]:
         return list(examples)
     order = np.random.default_rng(SUBSET_SEED).permutation(len(examples))[:limit]
     return [examples[i] for i in order]
-
-
-def bank_backbone(bank_dir: str | Path) -> dict:
-    """The backbone identity a bank records (``bank_config.json``)."""
-    path = Path(bank_dir) / BANK_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{bank_dir} holds no prompt bank ({BANK_CONFIG} missing)")
-    return json.loads(path.read_text())["backbone"]
-
-
-def resolve_backbone(backbone: Backbone | str | Path | None, recorded: dict | None = None) -> Backbone:
-    """A loaded backbone: the one given, else the recorded one when that is the embedded default."""
-    if isinstance(backbone, Backbone):
-        return backbone
-    if backbone is None:
-        name = recorded["name"] if recorded else EMBEDDED_DEFAULT
-        if name != EMBEDDED_DEFAULT:
-            raise ValueError(f"this was made on the local backbone folder {name!r}; pass its path (--backbone PATH)")
-        backbone = name
-    return load_backbone(backbone)
-
-
-def check_backbone(recorded: dict, backbone: Backbone, what: str) -> None:
-    """A backbone of another shape is an error naming the dimension; another name only a warning."""
-    for key in ("model_type", "num_layers", "hidden_size", "vocab_size"):
-        if recorded[key] != getattr(backbone.info, key):
-            raise ValueError(
-                f"{what} does not fit the backbone: {key} is {recorded[key]!r} there "
-                f"but {getattr(backbone.info, key)!r} in backbone {backbone.info.name!r}"
-            )
-    if recorded["name"] != backbone.info.name:
-        logger.warning("%s was made on backbone %s; using %s", what, recorded["name"], backbone.info.name)
 
 
 def fit_max_length(config: AdaptConfig, backbone: Backbone, examples: list[MRCExample]) -> AdaptConfig:
@@ -120,7 +88,7 @@ def adapt(
         raise KeyError(f"unknown adaptation method {config.method!r}; known: {sorted(METHODS)}")
     if METHODS[config.method].needs_bank and bank is None:
         raise ValueError(f"method {config.method!r} adapts a pre-trained prompt bank; give one (--bank)")
-    recorded = bank_backbone(bank) if bank is not None else None
+    recorded = read_bank_config(bank)["backbone"] if bank is not None else None
     train, dev, test = fewshot_splits(task, config.seed, data_root, config.k_per_label)
     dev, test = subset(dev, config.dev_limit), subset(test, config.test_limit)
     backbone = resolve_backbone(backbone, recorded)
@@ -171,13 +139,8 @@ def adapt(
 
 
 def read_adapted_config(directory: str | Path) -> dict:
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} holds no adapted task ({CONFIG_NAME} missing)")
-    meta = json.loads(path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format {meta.get('format_version')}, expected {FORMAT_VERSION}")
-    return meta
+    """The JSON config of the adapted task saved in ``directory`` (method, task, backbone, bank, settings)."""
+    return read_saved_config(directory, CONFIG_NAME, FORMAT_VERSION, "adapted task")
 
 
 def load_adapted(

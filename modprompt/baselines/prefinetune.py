@@ -27,7 +27,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from modprompt.backbone import Backbone, load_backbone
+from modprompt.backbone import Backbone, check_backbone, load_backbone
+from modprompt.config_utils import read_saved_config
 from modprompt.data.encoding import IGNORE_INDEX, EncodingConfig, MRCEncoder
 from modprompt.head import SpanHead, span_loss
 from modprompt.modular.pretrain import UpstreamRunConfig, start_run
@@ -149,21 +150,10 @@ def load_prefinetuned(directory: str | Path, backbone: Backbone | str | Path | N
     ``requires_grad``), or the name or folder of one to load (trainable) instead of the recorded source.
     """
     directory = Path(directory)
-    config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{directory} holds no pre-finetuned model ({CONFIG_NAME} missing)")
-    meta = json.loads(config_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{config_path}: format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    meta = read_saved_config(directory, CONFIG_NAME, FORMAT_VERSION, "pre-finetuned model")
     if not isinstance(backbone, Backbone):
         backbone = load_backbone(backbone or meta["source"], freeze=False)
-    saved = meta["backbone"]
-    for key in ("model_type", "num_layers", "hidden_size", "vocab_size"):
-        if saved[key] != getattr(backbone.info, key):
-            raise ValueError(
-                f"{directory} was pre-finetuned from a backbone with {key}={saved[key]!r}, "
-                f"backbone {backbone.info.name!r} has {getattr(backbone.info, key)!r}"
-            )
+    check_backbone(meta["backbone"], backbone, f"pre-finetuned model {directory}")
     load_model(backbone.body, str(directory / BACKBONE_WEIGHTS))
     head = SpanHead(backbone.hidden_size)
     head.load_state_dict(load_file(directory / HEAD_WEIGHTS))

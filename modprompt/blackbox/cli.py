@@ -15,7 +15,7 @@ import json
 import logging
 
 from modprompt.blackbox.params import Limits
-from modprompt.cli import add_data_argument
+from modprompt.cli import SPLIT_FLAGS, add_config_flags, add_data_argument, config_flags
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,7 @@ _TUNE_FLAGS = {
     "bound": (float, "search bound of every number (default 5)"),
     "dim": (int, "bbt/bbtv2 numbers per layer (default: the bank's n × r)"),
     "dev_every": (int, "generations between dev evaluations (default: one round over the layers)"),
-    "k_per_label": (int, "examples per label for train and dev of tasks without official few-shot files"),
-    "test_limit": (int, "score only this many test examples (a fixed subset, as `modprompt adapt`)"),
-    "dev_limit": (int, "select on only this many dev examples (a fixed subset)"),
+    **SPLIT_FLAGS,
 }
 
 
@@ -114,8 +112,7 @@ def add_bbt_parser(sub) -> None:
     p.add_argument("--retries", type=int, default=5, help="retries of a failed call (5xx, connection)")
     p.add_argument("--max-length", type=int, default=256, help="with --bank: tokens per example")
     p.add_argument("--threads", type=int, help="with --bank: torch CPU threads (default: torch's choice)")
-    for name, (kind, text) in _TUNE_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    add_config_flags(p, _TUNE_FLAGS)  # defaults depend on --preset and --method: the helps say them
     p.set_defaults(func=run_bbt)
 
 
@@ -127,8 +124,7 @@ def run_bbt(args: argparse.Namespace) -> int:
     from modprompt.cli import data_root_arg, print_json
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the progress
-    overrides = {name: getattr(args, name) for name in _TUNE_FLAGS}
-    config = TuneConfig.preset(args.preset, args.method, args.seed, **overrides)
+    config = TuneConfig.preset(args.preset, args.method, args.seed, **config_flags(args, _TUNE_FLAGS))
     state = args.state or f"runs/blackbox/{args.method}-{args.task}-seed{args.seed}.pkl"
     if args.server:
         from modprompt.blackbox.client import Client

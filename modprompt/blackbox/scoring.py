@@ -122,9 +122,10 @@ class Scorer:
     @classmethod
     def from_bank(cls, bank: str | Path, backbone: str | Path | None = None, **options) -> Scorer:
         """Load a saved bank (and its backbone: the recorded one by default, else ``backbone``)."""
-        from modprompt.adapt.run import bank_backbone, check_backbone, resolve_backbone
+        from modprompt.backbone import check_backbone, resolve_backbone
+        from modprompt.modular.model import read_bank_config
 
-        recorded = bank_backbone(bank)
+        recorded = read_bank_config(bank)["backbone"]
         loaded = resolve_backbone(backbone, recorded)
         check_backbone(recorded, loaded, f"bank {bank}")
         return cls(ModularPromptModel.from_pretrained(bank, loaded), **options)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from modprompt.backbone import Backbone
+from modprompt.config_utils import read_saved_config
 from modprompt.head import SpanHead
 from modprompt.modular.bank import PromptBank
 from modprompt.modular.config import ModularPromptConfig
@@ -151,12 +152,7 @@ class ModularPromptModel(nn.Module):
     def from_pretrained(cls, directory: str | Path, backbone: Backbone) -> ModularPromptModel:
         """Load a saved bank onto ``backbone``; a bank made for another shape fails naming the dimension."""
         directory = Path(directory)
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{directory} holds no prompt bank ({CONFIG_NAME} missing)")
-        meta = json.loads(config_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{config_path}: bank format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+        meta = read_bank_config(directory)
         config = ModularPromptConfig.from_dict(meta["prompt"])
         saved = meta["backbone"]
         if saved["name"] != backbone.info.name or saved["model_type"] != backbone.info.model_type:
@@ -175,6 +171,11 @@ class ModularPromptModel(nn.Module):
             model.head.proj.weight.copy_(weights["head.weight"])
             model.head.proj.bias.copy_(weights["head.bias"])
         return model
+
+
+def read_bank_config(directory: str | Path) -> dict:
+    """The JSON config of the bank saved in ``directory`` (prompt config, backbone identity, tasks, provenance)."""
+    return read_saved_config(directory, CONFIG_NAME, FORMAT_VERSION, "prompt bank")
 
 
 @torch.no_grad()

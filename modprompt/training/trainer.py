@@ -260,11 +260,14 @@ class MultiTaskTrainer:
     def evaluate_held_out(self) -> dict[str, dict[str, float]]:
         objective = self.objective
         objective.module.eval()
+        started = time.perf_counter()
         results = {
             task: evaluate(objective.forward, objective.encoder, examples, self.config.eval_batch_size)
             for task, examples in self.held_out.items()
         }
         self.evaluations.append({"step": self.step, "results": results})
+        logger.info("held-out at step %d: mean main metric %.4f over %d tasks (%.0f s)", self.step,
+                    _mean_main_metric(results), len(results), time.perf_counter() - started)  # fmt: skip
         return results
 
     def run(self, until: int | None = None) -> dict:
