@@ -135,6 +135,23 @@ class ResultGrid:
         }
 
 
+def majority_accuracy(tasks: Sequence[str], data_root: Path, test_limit: int | None) -> dict[str, float]:
+    """Per task, the test accuracy of always answering its most frequent label, on the test examples the
+    benchmark scores (the first ``test_limit`` of the fixed shuffle): the floor every method has to beat."""
+    from collections import Counter
+
+    from modprompt.adapt.run import subset
+    from modprompt.data.fewshot import fewshot_splits
+
+    floors = {}
+    for task in tasks:
+        test = subset(fewshot_splits(task, 0, data_root)[2], test_limit)  # the test split is the same for every seed
+        labels = Counter(e.label for e in test if e.label is not None)
+        if labels:
+            floors[task] = max(labels.values()) / sum(labels.values())
+    return floors
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -171,6 +188,12 @@ def write_table(
         counts = entry["trainable_parameters"]
         counts = f"{counts:,}" if isinstance(counts, int) else ", ".join(f"{p:,}" for p in counts) or "–"
         lines.append(f"| {method} | {counts} | " + " | ".join(cells) + f" | {average} | " + " | ".join(extra) + " |")
+    floors = summary.get("majority", {})
+    if floors:
+        cells = [f"{100 * floors[t]:.1f}" if t in floors else "–" for t in tasks]
+        average = f"{100 * statistics.fmean(floors.values()):.1f}" if len(floors) == len(tasks) else "–"
+        lines.append("| *majority label* | 0 | " + " | ".join(cells) + f" | {average} | " + " | ".join("–" for _ in columns) + " |")
+        lines += ["", "*majority label*: the accuracy of always answering each task's most frequent test label."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -190,9 +213,14 @@ def write_plot(summary: dict, path: Path, title: str) -> None:
         means = [100 * entry["tasks"][t]["mean"] if t in entry["tasks"] else math.nan for t in tasks]
         stds = [100 * entry["tasks"][t]["std"] if t in entry["tasks"] else 0.0 for t in tasks]
         means.append(100 * entry["average"] if entry["average"] is not None else math.nan)
-        stds.append(0.0)
+        stds.append(math.nan)  # the average over tasks has no spread over seeds to show
         xs = [x + (i - (len(methods) - 1) / 2) * width for x in range(len(tasks) + 1)]
         ax.bar(xs, means, width, yerr=stds, capsize=2, label=method)
+    floors = summary.get("majority", {})
+    drawn = [(x, floors[task]) for x, task in enumerate(tasks) if task in floors]
+    for j, (x, floor) in enumerate(drawn):
+        label = "majority label" if j == 0 else None
+        ax.hlines(100 * floor, x - 0.45, x + 0.45, colors="black", linestyles="dashed", label=label)
     ax.set_xticks(range(len(tasks) + 1), [*tasks, "average"], rotation=30)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{title} on {summary['backbone']} (mean ± std over seeds)", fontsize="medium")
@@ -240,6 +268,8 @@ def run_grid(
         run_all(args, grid)
         logger.info("runs took %.0f s", time.perf_counter() - started)
     summary = aggregate(args, grid)
+    if summary["settings"] is not None:
+        summary["majority"] = majority_accuracy(grid.tasks, args.data, summary["settings"].get("test_limit"))
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{args.name}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     write_markdown(summary, args.results / f"{args.name}.md", len(args.seeds))
