@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     grid = ResultGrid(args.results / args.name, args.methods, args.tasks, args.seeds, TuneConfig)
-    return run_grid(args, grid, run_all, aggregate, write_markdown, "Black-box few-shot tuning")
+    return run_grid(args, grid, run_all, aggregate, write_markdown, "Black-box few-shot tuning", argv)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    return run_grid(args, _grid(args), run_all, aggregate, write_markdown, "Few-shot adaptation")
+    return run_grid(args, _grid(args), run_all, aggregate, write_markdown, "Few-shot adaptation", argv)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,14 @@ The stored results are summarised as mean ± sample std over seeds per (method, 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import math
 import os
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -178,6 +181,8 @@ def write_table(
         "",
         f"Settings (the same for every method): `{json.dumps(summary['settings'], ensure_ascii=False)}`",
         "",
+        f"Command (it runs the missing cells, then writes this table): `{summary['command']}`",
+        "",
         f"| method | {params} | " + " | ".join(tasks) + " | average | " + " | ".join(columns) + " |",
         "|---|---:|" + "---:|" * len(tasks) + "---:|" + "---:|" * len(columns),
     ]
@@ -255,8 +260,15 @@ def run_grid(
     aggregate: Callable[[argparse.Namespace, ResultGrid], dict],
     write_markdown: Callable[[dict, Path, int], None],
     title: str,
+    argv: Sequence[str] | None,
 ) -> dict:
-    """Run what is missing (unless ``--aggregate-only``), then write ``NAME.json``, ``.md`` and ``.png``."""
+    """Run what is missing (unless ``--aggregate-only``), then write ``NAME.json``, ``.md`` and ``.png``.
+
+    ``argv`` are the script's arguments (None: ``sys.argv``); less ``--aggregate-only``, they are written
+    into the outputs as the command that makes the table.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    script = Path(inspect.getfile(run_all)).name
     args.data = args.data or default_data_root()
     if not args.aggregate_only:
         if args.threads:
@@ -267,7 +279,8 @@ def run_grid(
         started = time.perf_counter()
         run_all(args, grid)
         logger.info("runs took %.0f s", time.perf_counter() - started)
-    summary = aggregate(args, grid)
+    summary = {"command": f"python benchmarks/{script} " + shlex.join(a for a in argv if a != "--aggregate-only"),
+               **aggregate(args, grid)}  # fmt: skip
     if summary["settings"] is not None:
         summary["majority"] = majority_accuracy(grid.tasks, args.data, summary["settings"].get("test_limit"))
     args.results.mkdir(parents=True, exist_ok=True)

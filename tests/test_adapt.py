@@ -306,6 +306,7 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
     # The floor: the most frequent label's share of the 20 scored test examples (12 negative, 11 not paraphrases).
     assert summary["majority"] == {"eprstmt": pytest.approx(0.6), "bustm": pytest.approx(0.55)}
     assert "| *majority label* | 0 | 60.0 | 55.0 | 57.5 |" in table
+    assert summary["command"] == "python benchmarks/fewshot.py " + " ".join(argv) and summary["command"] in table
     assert (tmp_path / "fewshot.png").stat().st_size > 1000
 
     # A rerun finds every result stored and trains nothing; another budget is refused.
