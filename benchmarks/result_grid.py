@@ -20,13 +20,16 @@ import shlex
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modprompt.adapt.run import subset
 from modprompt.data.builtin import DOWNSTREAM_TASKS
 from modprompt.data.download import default_data_root
+from modprompt.data.fewshot import fewshot_splits
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +144,6 @@ class ResultGrid:
 def majority_accuracy(tasks: Sequence[str], data_root: Path, test_limit: int | None) -> dict[str, float]:
     """Per task, the test accuracy of always answering its most frequent label, on the test examples the
     benchmark scores (the first ``test_limit`` of the fixed shuffle): the floor every method has to beat."""
-    from collections import Counter
-
-    from modprompt.adapt.run import subset
-    from modprompt.data.fewshot import fewshot_splits
-
     floors = {}
     for task in tasks:
         test = subset(fewshot_splits(task, 0, data_root)[2], test_limit)  # the test split is the same for every seed
@@ -197,7 +195,8 @@ def write_table(
     if floors:
         cells = [f"{100 * floors[t]:.1f}" if t in floors else "–" for t in tasks]
         average = f"{100 * statistics.fmean(floors.values()):.1f}" if len(floors) == len(tasks) else "–"
-        lines.append("| *majority label* | 0 | " + " | ".join(cells) + f" | {average} | " + " | ".join("–" for _ in columns) + " |")
+        dashes = " | ".join("–" for _ in columns)
+        lines.append("| *majority label* | 0 | " + " | ".join(cells) + f" | {average} | {dashes} |")
         lines += ["", "*majority label*: the accuracy of always answering each task's most frequent test label."]
     path.write_text("\n".join(lines) + "\n")
 
