@@ -78,7 +78,7 @@ def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:
     return grid.summary(
         {"train_seconds": "train_seconds_per_run", "calls": "calls_per_run"},
         metric="accuracy on the test set, mean ± sample std over seeds",
-        bank=str(Path(args.bank).resolve()),
+        bank=args.bank,
         server=args.server or "in-process",
     )
 

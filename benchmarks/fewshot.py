@@ -69,7 +69,7 @@ def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:
     return grid.summary(
         {"fit_seconds": "fit_seconds_per_run"},
         metric="accuracy on the test set (F1 for extractive tasks), mean ± sample std over seeds",
-        bank=str(Path(args.bank).resolve()),
+        bank=args.bank,
     )
 
 
