@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import torch
 
 from modprompt.backbone import load_backbone
@@ -65,14 +66,16 @@ def _data():
     return {"senti": senti, "topic": topic}
 
 
-def _trainer(backbone_path, run_dir, steps=6):
+def _trainer(backbone_path, run_dir, steps=6, **train):
     backbone = load_backbone(backbone_path)
     torch.manual_seed(0)
     config = ModularPromptConfig(backbone.num_layers, backbone.hidden_size, num_tokens=4, rank=4)
     model = ModularPromptModel(backbone, config, ["senti", "topic"])
     encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(64, 4))
     objective = ModularPromptObjective(model, encoder, lr_router=5e-2, lr_prompt=1e-2, steps=steps)
-    train_config = TrainConfig(steps=steps, batch_size=4, grad_accum=2, warmup_steps=2, checkpoint_every=4, log_every=2)
+    train_config = TrainConfig(
+        steps=steps, batch_size=4, grad_accum=2, warmup_steps=2, checkpoint_every=4, log_every=2, **train
+    )
     data = _data()
     return MultiTaskTrainer(objective, train_config, data, {"senti": data["senti"][:4]}, run_dir), model
 
@@ -81,13 +84,14 @@ def _params(model):
     return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def test_stopped_and_resumed_run_equals_uninterrupted(tiny_decoder, tmp_path):
-    straight, model_a = _trainer(tiny_decoder, tmp_path / "a")
+@pytest.mark.parametrize("train", [{}, {"mixed_batches": True, "group_by_length": True}], ids=["drawn", "grouped"])
+def test_stopped_and_resumed_run_equals_uninterrupted(tiny_decoder, tmp_path, train):
+    straight, model_a = _trainer(tiny_decoder, tmp_path / "a", **train)
     summary_a = straight.run()
-    first, _ = _trainer(tiny_decoder, tmp_path / "b")
+    first, _ = _trainer(tiny_decoder, tmp_path / "b", **train)
     partial = first.run(until=3)
     assert partial["finished"] is False and partial["steps"] == 3
-    resumed, model_b = _trainer(tiny_decoder, tmp_path / "b")  # a fresh process would do the same
+    resumed, model_b = _trainer(tiny_decoder, tmp_path / "b", **train)  # a fresh process would do the same
     summary_b = resumed.run()
     a, b = _params(model_a), _params(model_b)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -96,6 +100,23 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tiny_decoder, tmp_path):
     assert summary_b["examples_seen"] == 6 * 4 and summary_b["finished"]
     assert set(summary_b["final_held_out"]) == {"senti"}
     assert 0.0 <= summary_b["final_held_out"]["senti"]["accuracy"] <= 1.0
+
+
+def test_grouping_by_length_regroups_the_same_examples_with_less_padding(tiny_decoder, tmp_path):
+    drawn, _ = _trainer(tiny_decoder, tmp_path / "a", mixed_batches=True)
+    grouped, _ = _trainer(tiny_decoder, tmp_path / "b", mixed_batches=True, group_by_length=True)
+    saved_padding = False
+    for _ in range(5):
+        a, b = drawn._micro_batches(), grouped._micro_batches()
+        assert len(b) == 2 and all(len(tasks) == 2 for _, tasks in b)
+        rows = [sorted(ids[mask.bool()].tolist() for ids, mask in zip(x["input_ids"], x["attention_mask"])) for x, _ in a]
+        rows_b = [ids[mask.bool()].tolist() for x, _ in b for ids, mask in zip(x["input_ids"], x["attention_mask"])]
+        assert sorted(sum(rows, [])) == sorted(rows_b)  # the same examples in the step
+        assert [len(r) for r in rows_b] == sorted(len(r) for r in rows_b)  # shortest first
+        padded = [sum(x["input_ids"].numel() for x, _ in micro) for micro in (a, b)]
+        assert padded[1] <= padded[0]
+        saved_padding |= padded[1] < padded[0]
+    assert saved_padding
 
 
 def test_checkpoint_survives_a_kill_between_renames(tiny_decoder, tmp_path):

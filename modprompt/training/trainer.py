@@ -49,6 +49,11 @@ class TrainConfig:
     seed: int = 0
     task_temperature: float | None = None  # None: uniform over tasks (MP2); T: ∝ size^(1/T)
     mixed_batches: bool = False  # heterogeneous batches (MUPPET) instead of one task per micro-batch
+    # Regroup a step's examples into its grad_accum micro-batches by encoded length, shortest first,
+    # instead of keeping them as drawn: the step sees the same examples, padded far less when lengths
+    # vary within a batch (Gemma, mixed upstream batches of 8, grad_accum 2: 1274 padded tokens per 533 real ones
+    # become 825).
+    group_by_length: bool = False
     eval_every: int = 0  # 0: evaluate only at the end
     eval_at_start: bool = False  # also evaluate the untrained state (step 0), as a baseline
     eval_batch_size: int = 16
@@ -124,7 +129,10 @@ class MultiTaskTrainer:
         grouped = {id(p) for g in groups for p in g["params"]}
         if grouped != {id(p) for p in self.params.values()}:
             raise ValueError("the objective's parameter groups must be exactly the module's trainable parameters")
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+        # The fused kernel makes a full-model step's update about 7x faster on a CPU (0.33 s against 2.3 s
+        # for Gemma 3 270M's 268M parameters); other devices keep the default implementation.
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.params.values())
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0, fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
         self.history: list[dict] = []
@@ -231,15 +239,25 @@ class MultiTaskTrainer:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def _micro_batches(self) -> list[tuple[dict, list[str]]]:
+        """This step's micro-batches as (collated batch, task of each example), in draw or length order."""
+        encoder = self.objective.encoder
+        micros = []
+        for _ in range(self.config.grad_accum):
+            examples = [self.train[task][index] for task, index in self.sampler.next_batch()]
+            micros.append(list(zip(examples, encoder.encode_all(examples, report=False))))
+        if self.config.group_by_length:
+            ordered = sorted((pair for micro in micros for pair in micro), key=lambda pair: len(pair[1].input_ids))
+            size = len(ordered) // len(micros)
+            micros = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+        return [(encoder.collate([e for _, e in micro]), [x.task for x, _ in micro]) for micro in micros]
+
     def train_step(self) -> float:
         c = self.config
         self.optimizer.zero_grad(set_to_none=True)
         total_loss, tokens = 0.0, 0
-        for micro in range(c.grad_accum):
-            pairs = self.sampler.next_batch()
-            examples = [self.train[task][index] for task, index in pairs]
-            batch = self.objective.encoder.collate(self.objective.encoder.encode_all(examples, report=False))
-            loss = self.objective.loss(batch, [e.task for e in examples], self.step, self._generator(micro))
+        for micro, (batch, tasks) in enumerate(self._micro_batches()):
+            loss = self.objective.loss(batch, tasks, self.step, self._generator(micro))
             (loss / c.grad_accum).backward()
             total_loss += float(loss.detach()) / c.grad_accum
             tokens += int(batch["attention_mask"].sum())
