@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -180,3 +181,25 @@ def test_prefinetune_method_starts_from_the_prefinetuned_model(tiny_decoder, tmp
     assert not method.backbone.body.training  # no dropout, as ft
     with pytest.raises(ValueError, match="pre-finetuned model"):
         create_method(backbone, _AdaptConfig(method="prefinetune"), "senti")
+
+
+def test_trainer_step_benchmark_lays_out_the_same_examples_three_ways(tiny_decoder, data_root, tmp_path):
+    spec = importlib.util.spec_from_file_location("trainer_step", CONFIGS.parents[1] / "benchmarks" / "trainer_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = json.loads(_write_config(tmp_path, tiny_decoder).read_text())
+    config["max_length"] = 512  # long enough that lengths differ (96 cuts every example to the same length)
+    config["train"] |= {"grad_accum": 2, "group_by_length": True}
+    (tmp_path / "prefinetune.json").write_text(json.dumps(config))
+    argv = ["--config", str(tmp_path / "prefinetune.json"), "--data", str(data_root), "--padding-steps", "20",
+            "--steps", "2", "--repeats", "1", "--out", str(tmp_path / "step.json")]  # fmt: skip
+    result = bench.main(argv)
+    one, drawn, grouped = result["layouts"].values()
+    assert one["real"] == drawn["real"] == grouped["real"] > 0  # the same examples in every layout
+    # Two micro-batches never pad more than one, and sorting by length is the least padding of any split.
+    assert one["padded"] > drawn["padded"] > grouped["padded"] >= grouped["real"]
+    assert all(len(layout["forward_backward_s"]) == 2 for layout in result["layouts"].values())
+    assert one["speedup"] == 1.0 and result["fused_speedup"] > 0
+    assert json.loads((tmp_path / "step.json").read_text()) == result
+    table = (tmp_path / "step.md").read_text()
+    assert "| 2 micro-batches grouped by length |" in table and result["command"] in table

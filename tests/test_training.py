@@ -116,7 +116,7 @@ def test_grouping_by_length_regroups_the_same_examples_with_less_padding(tiny_de
     grouped, _ = _trainer(tiny_decoder, tmp_path / "b", mixed_batches=True, group_by_length=True)
     saved_padding = False
     for _ in range(5):
-        a, b = drawn._micro_batches(), grouped._micro_batches()
+        a, b = drawn.micro_batches(), grouped.micro_batches()
         assert len(b) == 2 and all(len(tasks) == 2 for _, tasks in b)
         assert sorted(_rows(a)) == sorted(_rows(b))  # the same examples in the step
         assert [len(r) for r in _rows(b)] == sorted(len(r) for r in _rows(b))  # shortest first

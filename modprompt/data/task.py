@@ -7,7 +7,7 @@ so the rest of modprompt never needs to know where a task came from.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,10 +82,6 @@ def get_task(name: str) -> Task:
 def all_tasks(role: Role | None = None) -> list[Task]:
     _ensure_builtins()
     return [t for t in _REGISTRY.values() if role is None or t.role == role]
-
-
-def task_names(tasks: Iterable[Task]) -> list[str]:
-    return [t.name for t in tasks]
 
 
 def _ensure_builtins() -> None:

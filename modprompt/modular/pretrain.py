@@ -60,6 +60,10 @@ class UpstreamRunConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def run_tasks(self) -> list[str]:
+        """The upstream tasks this run trains on: ``tasks``, or all of them when it is empty."""
+        return self.tasks or sorted(t.name for t in all_tasks(Role.UPSTREAM))
+
 
 @dataclass
 class PretrainConfig(UpstreamRunConfig):
@@ -144,7 +148,7 @@ def start_run(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    tasks = config.tasks or sorted(t.name for t in all_tasks(Role.UPSTREAM))
+    tasks = config.run_tasks()
     train, held_out = upstream_data(tasks, data_root, config.held_out_per_task, config.train.seed)
     return run_dir, tasks, train, held_out
 

@@ -51,8 +51,8 @@ class TrainConfig:
     mixed_batches: bool = False  # heterogeneous batches (MUPPET) instead of one task per micro-batch
     # Regroup a step's examples into its grad_accum micro-batches by encoded length, shortest first,
     # instead of keeping them as drawn: the step sees the same examples, padded far less when lengths
-    # vary within a batch (Gemma, mixed upstream batches of 8, grad_accum 2: 1274 padded tokens per 533 real ones
-    # become 825).
+    # vary within a batch (Gemma, mixed upstream batches of 8 in 2 micro-batches: 971 padded tokens per
+    # 533 real ones become 825; benchmarks/results/trainer_step.md).
     group_by_length: bool = False
     eval_every: int = 0  # 0: evaluate only at the end
     eval_at_start: bool = False  # also evaluate the untrained state (step 0), as a baseline
@@ -129,8 +129,9 @@ class MultiTaskTrainer:
         grouped = {id(p) for g in groups for p in g["params"]}
         if grouped != {id(p) for p in self.params.values()}:
             raise ValueError("the objective's parameter groups must be exactly the module's trainable parameters")
-        # The fused kernel makes a full-model step's update about 7x faster on a CPU (0.33 s against 2.3 s
-        # for Gemma 3 270M's 268M parameters); other devices keep the default implementation.
+        # The fused kernel makes a full-model step's update 5.5x faster on a CPU (0.30 s against 1.63 s
+        # for Gemma 3 270M's 268M parameters, benchmarks/results/trainer_step.md); other devices keep the
+        # default implementation.
         fused = all(p.device.type in ("cpu", "cuda") for p in self.params.values())
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0, fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -239,8 +240,11 @@ class MultiTaskTrainer:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
-    def _micro_batches(self) -> list[tuple[dict, list[str]]]:
-        """This step's micro-batches as (collated batch, task of each example), in draw or length order."""
+    def micro_batches(self) -> list[tuple[dict, list[str]]]:
+        """The next step's micro-batches as (collated batch, task of each example), in draw or length order.
+
+        Each call draws a new step from the sampler.
+        """
         encoder = self.objective.encoder
         micros = []
         for _ in range(self.config.grad_accum):
@@ -256,7 +260,7 @@ class MultiTaskTrainer:
         c = self.config
         self.optimizer.zero_grad(set_to_none=True)
         total_loss, tokens = 0.0, 0
-        for micro, (batch, tasks) in enumerate(self._micro_batches()):
+        for micro, (batch, tasks) in enumerate(self.micro_batches()):
             loss = self.objective.loss(batch, tasks, self.step, self._generator(micro))
             (loss / c.grad_accum).backward()
             total_loss += float(loss.detach()) / c.grad_accum
