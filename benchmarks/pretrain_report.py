@@ -1,10 +1,11 @@
-"""Report of a pre-training run: training curve (PNG), and a results JSON + Markdown table.
+"""Report of a multi-task run: training curve (PNG), and a results JSON + Markdown table.
 
-Reads the run folder written by ``modprompt pretrain`` (its final ``history.json``, or the latest
-checkpoint of a run still in progress) and compares the per-task held-out metric of the first
-evaluation (the untrained bank, step 0) with the last.
+Reads the run folder written by ``modprompt pretrain`` or ``modprompt prefinetune`` (its final
+``history.json``, or the latest checkpoint of a run still in progress) and compares the per-task
+held-out metric of the first evaluation (the untrained bank or model, step 0) with the last.
 
     python benchmarks/pretrain_report.py --run-dir benchmarks/runs/pretrain-gemma --name pretrain-gemma
+    python benchmarks/pretrain_report.py --stage prefinetune --run-dir runs/prefinetune-gemma --name prefinetune-gemma
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--name", required=True, help="results file stem under benchmarks/results/")
+    parser.add_argument("--stage", choices=["pretrain", "prefinetune"], default="pretrain", help="the run's command")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
     run = load_run(run_dir)
@@ -48,9 +50,10 @@ def main() -> None:
     def mean(key: str) -> float | None:
         return sum(v[key] for v in per_task.values()) / len(per_task) if per_task else None
 
+    trained_thing = "bank" if args.stage == "pretrain" else "model"
     windows = run["history"]  # one record per log window: its steps' loss, seconds and real tokens
     result = {
-        "command": f"modprompt pretrain --config <config> --run-dir {args.run_dir}",
+        "command": f"modprompt {args.stage} --config <config> --run-dir {args.run_dir}",
         "config": config,
         "finished": run.get("finished", True),
         "steps": run["steps"],
@@ -79,7 +82,8 @@ def main() -> None:
     losses = [loss for _, loss in result["loss_curve"]]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, losses, lw=0.8, alpha=0.4, label="log window (10 steps)")
-    # Each step draws one task and tasks differ in difficulty, so a window is noisy: the trend shows over several.
+    # A step sees one task (pre-training) or a few (pre-finetuning) and tasks differ in difficulty, so a window
+    # is noisy: the trend shows over several.
     smooth = [statistics.fmean(losses[max(0, i - 9) : i + 1]) for i in range(len(losses))]
     ax.plot(steps, smooth, lw=1.8, color="tab:blue", label="mean of the last 10 windows")
     ax.legend(loc="upper center", fontsize="small")
@@ -95,7 +99,7 @@ def main() -> None:
     fig.savefig(RESULTS / f"{args.name}.png", dpi=120)
 
     lines = [
-        f"# Pre-training run `{args.name}`",
+        f"# {'Pre-training' if args.stage == 'pretrain' else 'Pre-finetuning'} run `{args.name}`",
         "",
         f"Command: `{result['command']}` (config in the JSON). Finished: {result['finished']}.",
         "",
@@ -109,7 +113,7 @@ def main() -> None:
     ]
     if per_task:
         lines += [
-            f"Held-out main metric (accuracy, or F1 for extractive QA) per upstream task, untrained bank "
+            f"Held-out main metric (accuracy, or F1 for extractive QA) per upstream task, untrained {trained_thing} "
             f"(step {first['step']}) vs trained (step {last['step']}):",
             "",
             "| task | untrained | trained |",
