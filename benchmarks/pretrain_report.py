@@ -88,7 +88,7 @@ def main() -> None:
     ax.plot(steps, smooth, lw=1.8, color="tab:blue", label="mean of the last 10 windows")
     ax.legend(loc="upper center", fontsize="small")
     ax.set_xlabel("step")
-    ax.set_ylabel("span loss (mean over log window)")
+    ax.set_ylabel("training loss (mean over log window)")
     if evaluations:
         held = ax.twinx()
         means = [sum(main_metric(m) for m in e["results"].values()) / len(e["results"]) for e in evaluations]

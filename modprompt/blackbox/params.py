@@ -28,8 +28,6 @@ from dataclasses import asdict, dataclass, field
 
 from modprompt.data.mrc import MRCExample
 
-SPACE_KINDS = ("bank", "random")
-
 
 @dataclass(frozen=True)
 class Space:

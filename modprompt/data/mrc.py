@@ -62,10 +62,6 @@ class MRCExample:
                 raise ValueError(f"{self.source}: span {self.span} outside passage of {len(self.passage)} chars")
 
     @property
-    def is_extractive(self) -> bool:
-        return not self.options
-
-    @property
     def answer_text(self) -> str | None:
         """The gold answer as text: the chosen option, or the passage span."""
         if self.label is not None:
