@@ -31,10 +31,8 @@ from pathlib import Path
 
 import torch
 
-from modprompt.backbone import load_backbone
-from modprompt.baselines.prefinetune import PrefinetuneConfig, PrefinetuneObjective, SpanModel
+from modprompt.baselines.prefinetune import PrefinetuneConfig, PrefinetuneObjective, build_objective
 from modprompt.cli import data_root_arg
-from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.modular.pretrain import upstream_data
 from modprompt.training.trainer import MultiTaskTrainer
 
@@ -67,11 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     config = PrefinetuneConfig.from_json(args.config)
     train, _ = upstream_data(config.run_tasks(), data_root_arg(args.data), config.held_out_per_task, config.train.seed)
-    backbone = load_backbone(config.backbone, freeze=False)
-    torch.manual_seed(config.train.seed)
-    model = SpanModel(backbone)
-    encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(config.max_length))
-    objective = PrefinetuneObjective(model, encoder, config.lr, config.lr_head, config.weight_decay)
+    objective = build_objective(config)
     accum = config.train.grad_accum
     layouts = {
         "1 micro-batch": replace(config.train, grad_accum=1, group_by_length=False),
@@ -142,8 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    table = markdown(result)
+    out.with_suffix(".md").write_text(table)
+    print(table)
     return result
 
 

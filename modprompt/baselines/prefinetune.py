@@ -163,6 +163,15 @@ def load_prefinetuned(directory: str | Path, backbone: Backbone | str | Path | N
 # -- the multi-task stage ------------------------------------------------------------------------
 
 
+def build_objective(config: PrefinetuneConfig) -> PrefinetuneObjective:
+    """The trainable backbone (seeded fresh head) and its pre-finetuning objective, as ``config`` describes."""
+    backbone = load_backbone(config.backbone, freeze=False)
+    torch.manual_seed(config.train.seed)
+    model = SpanModel(backbone)
+    encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(config.max_length))
+    return PrefinetuneObjective(model, encoder, config.lr, config.lr_head, config.weight_decay, config.loss_scaling)
+
+
 def prefinetune(config: PrefinetuneConfig, run_dir: str | Path, data_root: Path, until: int | None = None) -> dict:
     """Pre-finetune (or resume) in ``run_dir``, stopping at step ``until`` if given.
 
@@ -170,13 +179,8 @@ def prefinetune(config: PrefinetuneConfig, run_dir: str | Path, data_root: Path,
     of trained parameters to the trainer's budget figures (steps, examples, tokens, seconds).
     """
     run_dir, tasks, train, held_out = start_run(config, run_dir, data_root)
-    backbone = load_backbone(config.backbone, freeze=False)
-    torch.manual_seed(config.train.seed)
-    model = SpanModel(backbone)
-    encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(config.max_length))
-    objective = PrefinetuneObjective(
-        model, encoder, config.lr, config.lr_head, config.weight_decay, config.loss_scaling
-    )
+    objective = build_objective(config)
+    model = objective.model
     trainer = MultiTaskTrainer(objective, config.train, train, held_out, run_dir)
     trainable = sum(p.numel() for p in trainer.params.values())
     logger.info("pre-finetuning %d parameters of %s on %d upstream tasks", trainable, config.backbone, len(tasks))
