@@ -19,6 +19,7 @@ set: the same examples for every method and seed.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -32,6 +33,8 @@ from modprompt.backbone import resolve_backbone
 from modprompt.modular.model import read_bank_config
 
 logger = logging.getLogger("fewshot")
+
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_METHODS = ("mp2", "route-only", "route-per-layer", "pt", "deep-pt", "ft")
 #: AdaptConfig fields the benchmark sets from its arguments (the budget and the shared settings)
@@ -64,12 +67,25 @@ def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
         logger.info("  %s: metric %.4f, %.0f s", path.relative_to(grid.root), result["metric"], result["fit_seconds"])
 
 
+def _prefinetuned_models(grid: ResultGrid) -> list[dict]:
+    """The pre-finetuned models (path and weights sha256) the stored ``prefinetune`` results started from."""
+    models = {}
+    for task in grid.tasks:
+        for seed in grid.seeds:
+            path = grid.path("prefinetune", task, seed)
+            record = json.loads(path.read_text()).get("prefinetuned") if path.is_file() else None
+            if record:
+                models[record["sha256"]] = record
+    return list(models.values())
+
+
 def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:
     """Mean ± sample std over the stored seeds of each (method, task), and per-method summaries."""
     return grid.summary(
         {"fit_seconds": "fit_seconds_per_run"},
         metric="accuracy on the test set (F1 for extractive tasks), mean ± sample std over seeds",
         bank=args.bank,
+        prefinetuned=_prefinetuned_models(grid),
     )
 
 
@@ -79,6 +95,10 @@ def write_markdown(summary: dict, path: Path, seeds: int) -> None:
         f"({seeds} seeds; a cell over fewer seeds shows their count). Train time is the wall time of one run's "
         "training with its dev evaluations, averaged over runs."
     )
+    for model in summary["prefinetuned"]:
+        path = Path(model["path"])
+        shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path  # not this machine's absolute path
+        intro += f" `prefinetune` starts from the pre-finetuned model `{shown}` (weights sha256 {model['sha256']})."
     columns = {"train s/run": ("fit_seconds_per_run", ".1f")}
     write_table(summary, path, seeds, "Few-shot adaptation benchmark", intro, "trainable params", columns)
 

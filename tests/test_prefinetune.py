@@ -6,7 +6,6 @@ import argparse
 import importlib.util
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,11 @@ import torch
 
 import modprompt.baselines.adapt_methods  # noqa: F401  (registers the prefinetune method)
 from modprompt.adapt.config import AdaptConfig
-from modprompt.adapt.methods import create_method
+from modprompt.adapt.methods import create_method, file_sha256
 from modprompt.backbone import load_backbone
 from modprompt.baselines import prefinetune as pf
 from modprompt.baselines.prefinetune import (
+    BACKBONE_WEIGHTS,
     PrefinetuneConfig,
     SpanModel,
     load_prefinetuned,
@@ -159,12 +159,6 @@ def test_shipped_config_matches_the_prompt_bank_budget(tmp_path):
         PrefinetuneConfig.from_json(bad)
 
 
-@dataclass
-class _AdaptConfig(AdaptConfig):
-    # The field the `prefinetune` method reads; drop this class once AdaptConfig has it.
-    prefinetuned: str | None = None
-
-
 def test_prefinetune_method_starts_from_the_prefinetuned_model(tiny_decoder, tmp_path):
     torch.manual_seed(0)
     model = SpanModel(load_backbone(tiny_decoder, freeze=False))
@@ -174,13 +168,15 @@ def test_prefinetune_method_starts_from_the_prefinetuned_model(tiny_decoder, tmp
     save_prefinetuned(model, tmp_path / "model", str(tiny_decoder))
     backbone = load_backbone(tiny_decoder)
     shared = backbone.body.get_input_embeddings().weight.detach().clone()
-    method = create_method(backbone, _AdaptConfig(method="prefinetune", prefinetuned=str(tmp_path / "model")), "senti")
+    method = create_method(backbone, AdaptConfig(method="prefinetune", prefinetuned=str(tmp_path / "model")), "senti")
     assert torch.equal(method.head.proj.weight, model.head.proj.weight)
     assert all(torch.equal(a, b) for a, b in zip(method.backbone.body.parameters(), model.backbone.body.parameters()))
     assert torch.equal(backbone.body.get_input_embeddings().weight, shared)  # the caller's backbone is untouched
     assert not method.backbone.body.training  # no dropout, as ft
+    recorded = method.identity()["prefinetuned"]
+    assert recorded["sha256"] == file_sha256(tmp_path / "model" / BACKBONE_WEIGHTS)
     with pytest.raises(ValueError, match="pre-finetuned model"):
-        create_method(backbone, _AdaptConfig(method="prefinetune"), "senti")
+        create_method(backbone, AdaptConfig(method="prefinetune"), "senti")
 
 
 def test_trainer_step_benchmark_lays_out_the_same_examples_three_ways(tiny_decoder, data_root, tmp_path):

@@ -76,7 +76,8 @@ def adapt(
     to the bank's. The result holds the method, task, seed, exact trainable parameter count, the test
     metrics and main ``metric`` (accuracy, else F1), the best dev score, optimisation time
     (``train_seconds``), the wall time of training with its dev evaluations (``fit_seconds``), steps and
-    examples seen, and each stage's summary.
+    examples seen, each stage's summary, and what the run started from besides the backbone (the bank's
+    path; for ``prefinetune``, the pre-finetuned model's path and weights sha256).
     """
     started = time.perf_counter()
     if task_spec is not None:
@@ -126,6 +127,7 @@ def adapt(
         "examples": {"train": len(train), "dev": len(dev), "test": len(test)},
         "backbone": backbone.info.name,
         "bank": str(Path(bank).resolve()) if method.needs_bank else None,
+        "prefinetuned": method.identity().get("prefinetuned"),
         "config": requested.to_dict(),
         "max_length": config.max_length,
         "stages": summary["stages"],

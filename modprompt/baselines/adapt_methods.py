@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from modprompt.adapt.config import AdaptConfig
-from modprompt.adapt.methods import FineTuning, Stage, register_method
+from modprompt.adapt.methods import FineTuning, Stage, file_sha256, register_method
 from modprompt.backbone import Backbone
 from modprompt.baselines.child_tuning import ChildTuningAdamW, child_masks, fisher_information
-from modprompt.baselines.prefinetune import load_prefinetuned
+from modprompt.baselines.prefinetune import BACKBONE_WEIGHTS, load_prefinetuned
 from modprompt.data.encoding import EncodedExample, MRCEncoder
 from modprompt.data.mrc import MRCExample
 from modprompt.head import span_loss
@@ -99,6 +99,12 @@ class Prefinetuned(FineTuning):
         super().__init__(backbone, config, task, bank_dir)
         # FineTuning copied the backbone; its weights, and the head, become the pre-finetuned ones.
         self.head = load_prefinetuned(config.prefinetuned, self.backbone).head
+        # Which model a result started from, by content: a folder can be overwritten by another run.
+        directory = Path(config.prefinetuned).resolve()
+        self.prefinetuned = {"path": str(directory), "sha256": file_sha256(directory / BACKBONE_WEIGHTS)}
+
+    def identity(self) -> dict:
+        return {**super().identity(), "prefinetuned": self.prefinetuned}
 
 
 for _cls in (ChildTuningF, ChildTuningD, Prefinetuned):
