@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 from dataclasses import replace
@@ -16,7 +15,7 @@ from safetensors.torch import load_file
 from modprompt.adapt.cli import add_adapt, add_predict
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.loop import fit, run_stage
-from modprompt.adapt.methods import WEIGHTS_NAME, create_method
+from modprompt.adapt.methods import METHODS, WEIGHTS_NAME, create_method, file_sha256
 from modprompt.adapt.predict import builtin_record_spec, predict_file, record_spec
 from modprompt.adapt.run import adapt, load_adapted, read_adapted_config, subset
 from modprompt.backbone import load_backbone
@@ -58,10 +57,6 @@ def bank(decoder, tmp_path_factory) -> Path:
 def eprstmt(data_root):
     train, dev, test = fewshot_splits("eprstmt", 0, data_root)
     return train, dev, subset(test, 20)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def cli(argv: list[str]) -> int:
@@ -107,10 +102,17 @@ def test_bank_methods_need_a_bank(decoder):
         create_method(decoder, AdaptConfig("lora"), "eprstmt")
 
 
+def test_adapt_help_names_every_method(capsys):
+    with pytest.raises(SystemExit):
+        cli(["adapt", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert all(name in shown for name in METHODS)
+
+
 def test_mp2_stages_keep_everything_else_bit_identical(decoder, bank, eprstmt):
     train, _, _ = eprstmt
     backbone_before = {k: v.clone() for k, v in decoder.state_dict().items()}
-    bank_sha = sha256(bank / "bank.safetensors")
+    bank_sha = file_sha256(bank / "bank.safetensors")
     saved = load_file(bank / "bank.safetensors")
     method = create_method(decoder, AdaptConfig("mp2", **FAST), "eprstmt", bank)
     encoder = method.encoder()
@@ -129,7 +131,7 @@ def test_mp2_stages_keep_everything_else_bit_identical(decoder, bank, eprstmt):
     assert not torch.equal(model.bank.projection, saved["bank.projection"])
     assert torch.equal(model.head.proj.weight, saved["head.weight"])  # the bank's head stays frozen
     assert torch.equal(model.bank.layer_scale, saved["bank.layer_scale"])
-    assert sha256(bank / "bank.safetensors") == bank_sha  # the bank on disk is never written
+    assert file_sha256(bank / "bank.safetensors") == bank_sha  # the bank on disk is never written
     for name, value in decoder.state_dict().items():
         assert torch.equal(value, backbone_before[name]), name
     assert not any(p.requires_grad or p.grad is not None for p in method.parameters())  # inference state

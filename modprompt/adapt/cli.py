@@ -38,7 +38,10 @@ def add_adapt(sub) -> None:
     task.add_argument("--task", help="a built-in downstream task (`modprompt tasks --role downstream`)")
     task.add_argument("--task-spec", help="a user task spec JSON (see examples/own_task)")
     p.add_argument(
-        "--method", required=True, help="mp2, route-only, route-per-layer, pt, deep-pt, ft (or another registered one)"
+        "--method",
+        required=True,
+        help="mp2, route-only, route-per-layer, pt, deep-pt, ft, child-f, child-d, prefinetune "
+        "(or another registered one)",
     )
     p.add_argument("--bank", help="the pre-trained bank folder (needed by mp2 and route-*; sets n for pt/deep-pt)")
     p.add_argument("--seed", type=int, default=0, help="few-shot split (FewCLUE: 0..4) and initialisation seed")
