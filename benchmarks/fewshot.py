@@ -96,8 +96,8 @@ def write_markdown(summary: dict, path: Path, seeds: int) -> None:
         "training with its dev evaluations, averaged over runs."
     )
     for model in summary["prefinetuned"]:
-        path = Path(model["path"])
-        shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path  # not this machine's absolute path
+        where = Path(model["path"])
+        shown = where.relative_to(REPO) if where.is_relative_to(REPO) else where  # not this machine's absolute path
         intro += f" `prefinetune` starts from the pre-finetuned model `{shown}` (weights sha256 {model['sha256']})."
     columns = {"train s/run": ("fit_seconds_per_run", ".1f")}
     write_table(summary, path, seeds, "Few-shot adaptation benchmark", intro, "trainable params", columns)

@@ -316,3 +316,11 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
     assert fewshot.main(argv)["methods"]["route-only"] == route
     with pytest.raises(SystemExit, match="other settings"):
         fewshot.main([*argv, "--test-limit", "30"])
+
+    # A prefinetune result names the model it started from; the table says which (by path and sha256).
+    result = json.loads((tmp_path / "fewshot/pt/eprstmt/seed0.json").read_text())
+    model = {"path": str(REPO / "runs/pft/model"), "sha256": "ab" * 32}
+    fewshot.ResultGrid.store(tmp_path / "fewshot/prefinetune/eprstmt/seed0.json", {**result, "prefinetuned": model})
+    summary = fewshot.main([*argv, "--methods", "pt", "prefinetune", "--aggregate-only"])
+    assert summary["prefinetuned"] == [model]
+    assert f"pre-finetuned model `runs/pft/model` (weights sha256 {'ab' * 32})" in (tmp_path / "fewshot.md").read_text()
