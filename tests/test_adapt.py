@@ -183,6 +183,17 @@ def test_patience_stops_a_stage(decoder, bank, eprstmt):
     assert stage["stopped_early"] and stage["steps"] == 2 and stage["best_step"] == 0
 
 
+def test_zero_steps_scores_the_untouched_starting_point(decoder, bank, data_root, eprstmt):
+    config = AdaptConfig("mp2", **{**FAST, "max_steps": 0})
+    result = adapt(config, "eprstmt", data_root, bank=bank, backbone=decoder)
+    assert result["steps"] == result["examples_seen"] == 0
+    assert [len(s["evaluations"]) for s in result["stages"]] == [1, 1]  # each stage scores dev once, at step 0
+    start = create_method(decoder, replace(config, max_length=result["max_length"]), "eprstmt", bank)  # same seed, router
+    assert result["metric"] == main_metric(evaluate(start.forward, start.encoder(), eprstmt[2]))
+    with pytest.raises(ValueError, match="max_steps must be at least 0"):
+        AdaptConfig("mp2", max_steps=-1)
+
+
 def test_adapted_files_round_trip_every_method(decoder, bank, eprstmt, tmp_path):
     train, _, test = eprstmt
     for name in ("mp2", "route-only", "route-per-layer", "pt", "deep-pt", "ft"):

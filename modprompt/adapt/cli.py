@@ -14,7 +14,7 @@ _CONFIG_FLAGS = {
     "num_tokens": (int, "prompt tokens of pt/deep-pt (default: the bank's, else 16)"),
     "batch_size": (int, None),
     "max_epochs": (int, None),
-    "max_steps": (int, "cap on the optimiser steps of each stage"),
+    "max_steps": (int, "cap on the optimiser steps of each stage (0: train nothing, score the start)"),
     "eval_every": (int, "steps between dev evaluations (default: one epoch)"),
     "patience": (int, "dev evaluations without improvement before a stage stops"),
     "lr_router": (float, "routers (mp2 stage 1, route-only, route-per-layer)"),

@@ -54,7 +54,8 @@ class AdaptConfig:
     prefinetuned: str | None = None
     batch_size: int = 8
     max_epochs: int = 20
-    #: a cap on the optimiser steps of each stage, on top of ``max_epochs`` (``None``: no cap)
+    #: a cap on the optimiser steps of each stage, on top of ``max_epochs`` (``None``: no cap). 0 trains
+    #: nothing: the run scores the method's starting point, which shows what few-shot tuning adds to it
     max_steps: int | None = None
     #: steps between dev evaluations; ``None``: once per epoch
     eval_every: int | None = None
@@ -74,9 +75,9 @@ class AdaptConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("num_tokens", "max_steps", "eval_every", "test_limit", "dev_limit"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be positive or None, got {value}")
+            value, lowest = getattr(self, name), 0 if name == "max_steps" else 1
+            if value is not None and value < lowest:
+                raise ValueError(f"{name} must be at least {lowest} or None, got {value}")
 
     def to_dict(self) -> dict:
         return asdict(self)
