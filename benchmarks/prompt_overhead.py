@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from machine import describe_machine
 from torch.utils.flop_counter import FlopCounterMode
 
 from modprompt.backbone import load_backbone
@@ -107,8 +107,7 @@ def main() -> None:
         "prompt": config.to_dict(),
         "batch": args.batch,
         "tokens_per_example": args.tokens,
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": describe_machine(),
         "seconds_best": best,
         "seconds_median": median,
         "seconds_all": times,

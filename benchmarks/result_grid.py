@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from machine import describe_machine, machine_text
+
 from modprompt.adapt.run import subset
 from modprompt.data.builtin import DOWNSTREAM_TASKS
 from modprompt.data.download import default_data_root
@@ -91,9 +93,10 @@ class ResultGrid:
 
     @staticmethod
     def store(path: Path, result: dict) -> None:
+        """Write one run's result, with the machine it ran on (its times mean nothing without it)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        tmp.write_text(json.dumps({**result, "machine": describe_machine()}, indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, path)  # a run killed while writing leaves no half result behind
 
     def summary(self, per_run: dict[str, str], metric: str, **context: Any) -> dict:
@@ -104,6 +107,7 @@ class ResultGrid:
         """
         methods: dict[str, dict] = {}
         settings, backbone = None, None
+        machines: Counter[str] = Counter()  # JSON of each run's machine ("null": stored before it was recorded)
         for method in self.methods:
             tasks, params, runs = {}, set(), []
             for task in self.tasks:
@@ -118,6 +122,7 @@ class ResultGrid:
                     scores[seed] = result["metric"]
                     params.add(result["trainable_parameters"])
                     runs.append(result)
+                    machines[json.dumps(result.get("machine"), sort_keys=True)] += 1
                 if scores:
                     mean, std = _mean_std(list(scores.values()))
                     tasks[task] = {"mean": mean, "std": std, "n": len(scores), "seeds": scores}
@@ -138,6 +143,7 @@ class ResultGrid:
             "settings": settings,
             "metric": metric,
             "methods": methods,
+            "machines": [{"machine": json.loads(m), "runs": n} for m, n in machines.most_common()],
         }
 
 
@@ -180,6 +186,9 @@ def write_table(
         f"Settings (the same for every method): `{json.dumps(summary['settings'], ensure_ascii=False)}`",
         "",
         f"Command (it runs the missing cells, then writes this table): `{summary['command']}`",
+        "",
+        "Runs per machine (times from different machines do not compare): "
+        + "; ".join(f"{machine_text(m['machine'])}: {m['runs']}" for m in summary["machines"]),
         "",
         f"| method | {params} | " + " | ".join(tasks) + " | average | " + " | ".join(columns) + " |",
         "|---|---:|" + "---:|" * len(tasks) + "---:|" + "---:|" * len(columns),

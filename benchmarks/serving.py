@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe_machine, machine_text
 
 from modprompt.blackbox.client import Client
 from modprompt.blackbox.objective import InProcessObjective, Objective, RemoteObjective
@@ -160,8 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         "shape": {"layers": info.num_layers, "K": info.num_modules, "n": info.num_tokens, "r": info.rank},
         "work": {"task": args.task, "examples": len(train), "population": args.population, "calls": args.calls,
                  "batch_size": args.batch_size, "max_length": args.max_length, "repeats": args.repeats},  # fmt: skip
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": describe_machine(),
         **{name: summary(case_runs) for name, case_runs in runs.items()},
     }
     uncached, cached, remote = runs["in_process_uncached"], runs["in_process"], runs["loopback"]
@@ -193,7 +192,7 @@ def write_markdown(result: dict, path: Path) -> None:
         (f"{c['clients']} concurrent clients (all calls)", c),
     ]
     lines = [
-        f"# Serving black-box tuning ({result['backbone']['name']}, {result['threads']} threads)",
+        f"# Serving black-box tuning ({result['backbone']['name']}, {machine_text(result['machine'])})",
         "",
         f"Command: `{result['command']}`",
         "",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import statistics
 import sys
@@ -30,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from machine import describe_machine, machine_text
 
 from modprompt.baselines.prefinetune import PrefinetuneConfig, PrefinetuneObjective, build_objective
 from modprompt.cli import data_root_arg
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         "trainable_parameters": sum(p.numel() for p in trainers[first].params.values()),
         "batch_size": config.train.batch_size,
         "max_length": config.max_length,
-        "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
+        "machine": describe_machine(),
         "padding_steps": args.padding_steps,
         "layouts": {
             name: {
@@ -150,7 +149,7 @@ def markdown(r: dict) -> str:
         f"# One full-model training step: {r['backbone']}, {r['trainable_parameters'] / 1e6:.0f}M trainable parameters",
         "",
         f"Mixed upstream batches of {r['batch_size']} examples ({real:.0f} real tokens per step on average, at most "
-        f"{r['max_length']} per example), {r['threads']} threads on {r['machine']}.",
+        f"{r['max_length']} per example), on {machine_text(r['machine'])}.",
         "",
         f"| a step's examples as | padded tokens per step | real share | forward+backward, s per step "
         f"(mean of {steps}) | speedup |",

@@ -321,6 +321,11 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
     assert "| *majority label* | 0 | 60.0 | 55.0 | 57.5 |" in table
     assert summary["command"] == "python benchmarks/fewshot.py " + " ".join(argv) and summary["command"] in table
     assert (tmp_path / "fewshot.png").stat().st_size > 1000
+    # Every result records the machine it ran on; the table counts runs per machine.
+    machine = json.loads((tmp_path / "fewshot/pt/eprstmt/seed0.json").read_text())["machine"]
+    assert machine["isa"] == torch.backends.cpu.get_cpu_capability() and machine["threads"] == torch.get_num_threads()
+    assert summary["machines"] == [{"machine": machine, "runs": 4}]
+    assert f"Runs per machine (times from different machines do not compare): {machine['cpu']}, {machine['isa']}" in table
 
     # A rerun finds every result stored and trains nothing; another budget is refused.
     monkeypatch.setattr(fewshot, "adapt", lambda *a, **k: pytest.fail("a stored result was run again"))
@@ -332,6 +337,10 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
     result = json.loads((tmp_path / "fewshot/pt/eprstmt/seed0.json").read_text())
     model = {"path": str(REPO / "runs/pft/model"), "sha256": "ab" * 32}
     fewshot.ResultGrid.store(tmp_path / "fewshot/prefinetune/eprstmt/seed0.json", {**result, "prefinetuned": model})
+    unrecorded = tmp_path / "fewshot/pt/bustm/seed0.json"  # as stored before results recorded their machine
+    unrecorded.write_text(json.dumps({k: v for k, v in json.loads(unrecorded.read_text()).items() if k != "machine"}))
     summary = fewshot.main([*argv, "--methods", "pt", "prefinetune", "--aggregate-only"])
     assert summary["prefinetuned"] == [model]
+    assert summary["machines"] == [{"machine": machine, "runs": 2}, {"machine": None, "runs": 1}]
+    assert "; not recorded: 1" in (tmp_path / "fewshot.md").read_text()
     assert f"pre-finetuned model `runs/pft/model` (weights sha256 {'ab' * 32})" in (tmp_path / "fewshot.md").read_text()

@@ -179,7 +179,8 @@ def test_prefinetune_method_starts_from_the_prefinetuned_model(tiny_decoder, tmp
         create_method(backbone, AdaptConfig(method="prefinetune"), "senti")
 
 
-def test_trainer_step_benchmark_lays_out_the_same_examples_three_ways(tiny_decoder, data_root, tmp_path):
+def test_trainer_step_benchmark_lays_out_the_same_examples_three_ways(tiny_decoder, data_root, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(CONFIGS.parents[1] / "benchmarks")  # as when run as a script: it imports machine beside it
     spec = importlib.util.spec_from_file_location("trainer_step", CONFIGS.parents[1] / "benchmarks" / "trainer_step.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -197,5 +198,6 @@ def test_trainer_step_benchmark_lays_out_the_same_examples_three_ways(tiny_decod
     assert all(len(layout["forward_backward_s"]) == 2 for layout in result["layouts"].values())
     assert one["speedup"] == 1.0 and result["fused_speedup"] > 0
     assert json.loads((tmp_path / "step.json").read_text()) == result
+    assert result["machine"]["isa"] == torch.backends.cpu.get_cpu_capability()
     table = (tmp_path / "step.md").read_text()
     assert "| 2 micro-batches grouped by length |" in table and result["command"] in table

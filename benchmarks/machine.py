@@ -1,0 +1,35 @@
+"""What a timing was measured on, written into every benchmark result.
+
+Timings from different machines are not comparable: the 2-core CPUs these benchmarks have run on differ
+in vector units (AVX2 on some, AVX-512 with AMX on others), which changes fp32 matmul speed about 2-4x.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+
+def describe_machine() -> dict:
+    """CPU model, usable CPUs, torch's threads and the vector instruction set its kernels use."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:  # not Linux
+        pass
+    return {
+        "cpu": model,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def machine_text(machine: dict | None) -> str:
+    """One line for a table: "CPU, ISA, T of N CPUs" ("not recorded" for results stored before machines were)."""
+    if machine is None:
+        return "not recorded"
+    return f"{machine['cpu']}, {machine['isa']}, {machine['threads']} of {machine['cpus']} CPUs"
