@@ -49,7 +49,7 @@ def _objective(args: argparse.Namespace):
         return RemoteObjective(Client(args.server, os.environ.get(API_KEY_ENV, "").split(",")[0] or None))
     from modprompt.blackbox.scoring import Scorer
 
-    return InProcessObjective(Scorer.from_bank(args.bank, args.backbone, max_length=args.max_length))
+    return InProcessObjective(Scorer.from_bank(args.bank, args.backbone, args.device, max_length=args.max_length))
 
 
 def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
@@ -68,7 +68,7 @@ def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
         state = args.work / args.name / config.method / task / f"seed{config.seed}.pkl"
         result = tune_task(objective, task, args.data, config, state)
         result["server"] = args.server or "in-process"
-        grid.store(path, result)
+        grid.store(path, result, None if args.server else args.device)
         logger.info("  %s: metric %.4f, %d calls, %.0f s", path.relative_to(grid.root), result["metric"],
                     result["calls"], result["train_seconds"])  # fmt: skip
 

@@ -62,8 +62,8 @@ def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
     backbone = resolve_backbone(args.backbone, read_bank_config(args.bank)["backbone"])
     for i, (config, task, path) in enumerate(todo, 1):
         logger.info("[%d/%d] %s on %s, seed %d", i, len(todo), config.method, task, config.seed)
-        result = adapt(config, task, args.data, bank=args.bank, backbone=backbone)
-        grid.store(path, result)
+        result = adapt(config, task, args.data, bank=args.bank, backbone=backbone, device=args.device)
+        grid.store(path, result, result["device"])
         logger.info("  %s: metric %.4f, %.0f s", path.relative_to(grid.root), result["metric"], result["fit_seconds"])
 
 

@@ -29,9 +29,11 @@ from typing import Any
 from machine import describe_machine, machine_text
 
 from modprompt.adapt.run import subset
+from modprompt.cli import add_device_argument
 from modprompt.data.builtin import DOWNSTREAM_TASKS
 from modprompt.data.download import default_data_root
 from modprompt.data.fewshot import fewshot_splits
+from modprompt.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +94,12 @@ class ResultGrid:
         return todo, done
 
     @staticmethod
-    def store(path: Path, result: dict) -> None:
-        """Write one run's result, with the machine it ran on (its times mean nothing without it)."""
+    def store(path: Path, result: dict, device: str | None = None) -> None:
+        """Write one run's result, with the machine (and ``device``) it ran on: its times mean nothing without."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**result, "machine": describe_machine()}, indent=2, ensure_ascii=False) + "\n")
+        machine = describe_machine(device)
+        tmp.write_text(json.dumps({**result, "machine": machine}, indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, path)  # a run killed while writing leaves no half result behind
 
     def summary(self, per_run: dict[str, str], metric: str, **context: Any) -> dict:
@@ -259,6 +262,7 @@ def add_grid_arguments(p: argparse.ArgumentParser, methods: Sequence[str], name:
         type=int,
         help="torch CPU threads (default: torch's); use 1 while another heavy process shares a 2-core machine",
     )
+    add_device_argument(p)
 
 
 def run_grid(
@@ -279,6 +283,7 @@ def run_grid(
     script = Path(inspect.getfile(run_all)).name
     args.data = args.data or default_data_root()
     if not args.aggregate_only:
+        args.device = resolve_device(args.device)
         if args.threads:
             import torch
 

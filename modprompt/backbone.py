@@ -61,6 +61,10 @@ class Backbone(nn.Module):
     def causal(self) -> bool:
         return self.info.causal
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.body.parameters()).device
+
     def freeze(self) -> Backbone:
         """Stop gradients to every backbone weight and switch off dropout."""
         self.body.requires_grad_(False)

@@ -20,6 +20,17 @@ def add_data_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data folder (default: $MODPROMPT_DATA or the `modprompt data` cache)")
 
 
+def add_device_argument(p: argparse.ArgumentParser, when: str = "") -> None:
+    """``--device`` (``when`` starts its help, e.g. "with --bank: "); :func:`modprompt.device.resolve_device`
+    resolves it."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        help=when + "where the model runs: auto (default: a CUDA GPU if torch sees one, else the CPU), cpu, "
+        "cuda, cuda:1",
+    )
+
+
 #: flags of a config field each: name -> (type, help); ``None`` help for a self-explanatory one
 ConfigFlags = dict[str, tuple[type, str | None]]
 
@@ -58,6 +69,7 @@ def add_run_arguments(p: argparse.ArgumentParser, config_help: str, run_dir_help
     p.add_argument("--run-dir", required=True, help=run_dir_help)
     add_data_argument(p)
     p.add_argument("--until", type=int, help="stop at this step with a checkpoint; run again to continue")
+    add_device_argument(p)
 
 
 def print_run_summary(summary: dict) -> None:
@@ -176,7 +188,8 @@ def _add_pretrain(sub) -> None:
 def _run_pretrain(args) -> int:
     from modprompt.modular.pretrain import PretrainConfig, pretrain
 
-    summary = pretrain(PretrainConfig.from_json(args.config), args.run_dir, data_root_arg(args.data), until=args.until)
+    config = PretrainConfig.from_json(args.config)
+    summary = pretrain(config, args.run_dir, data_root_arg(args.data), until=args.until, device=args.device)
     print_run_summary(summary)
     return 0
 

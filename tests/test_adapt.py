@@ -324,8 +324,13 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
     # Every result records the machine it ran on; the table counts runs per machine.
     machine = json.loads((tmp_path / "fewshot/pt/eprstmt/seed0.json").read_text())["machine"]
     assert machine["isa"] == torch.backends.cpu.get_cpu_capability() and machine["threads"] == torch.get_num_threads()
+    assert ("gpu" in machine) == torch.cuda.is_available()  # --device auto: the GPU when there is one
     assert summary["machines"] == [{"machine": machine, "runs": 4}]
-    assert f"Runs per machine (times from different machines do not compare): {machine['cpu']}, {machine['isa']}" in table
+    from machine import machine_text  # benchmarks/machine.py, on the path above
+
+    assert f"Runs per machine (times from different machines do not compare): {machine_text(machine)}: 4" in table
+    cpu_only = {k: v for k, v in machine.items() if k != "gpu"}
+    assert machine_text({**cpu_only, "gpu": "NVIDIA H100"}) == f"NVIDIA H100 on {machine_text(cpu_only)}"
 
     # A rerun finds every result stored and trains nothing; another budget is refused.
     monkeypatch.setattr(fewshot, "adapt", lambda *a, **k: pytest.fail("a stored result was run again"))
@@ -336,7 +341,8 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
     # A prefinetune result names the model it started from; the table says which (by path and sha256).
     result = json.loads((tmp_path / "fewshot/pt/eprstmt/seed0.json").read_text())
     model = {"path": str(REPO / "runs/pft/model"), "sha256": "ab" * 32}
-    fewshot.ResultGrid.store(tmp_path / "fewshot/prefinetune/eprstmt/seed0.json", {**result, "prefinetuned": model})
+    fewshot.ResultGrid.store(tmp_path / "fewshot/prefinetune/eprstmt/seed0.json", {**result, "prefinetuned": model},
+                             result["device"])  # fmt: skip
     unrecorded = tmp_path / "fewshot/pt/bustm/seed0.json"  # as stored before results recorded their machine
     unrecorded.write_text(json.dumps({k: v for k, v in json.loads(unrecorded.read_text()).items() if k != "machine"}))
     summary = fewshot.main([*argv, "--methods", "pt", "prefinetune", "--aggregate-only"])

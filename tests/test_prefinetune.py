@@ -104,7 +104,7 @@ def test_prefinetune_trains_everything_on_mixed_batches_and_resumes_exactly(
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["prefinetune", "--config", str(config_path), "--run-dir", str(tmp_path / "b"),
-                              "--data", str(data_root), "--until", "2"])
+                              "--data", str(data_root), "--until", "2", "--device", "cpu"])
     assert args.func(args) == 0
     partial = json.loads(capsys.readouterr().out)
     assert partial["finished"] is False and partial["steps"] == 2

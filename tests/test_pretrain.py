@@ -69,7 +69,7 @@ def test_torchrun_two_ranks_hold_identical_parameters(tmp_path, tiny_encoder, da
     config = _config(tmp_path, tiny_encoder, steps=3)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "modprompt.cli", "pretrain", "--config", str(config), "--run-dir", str(tmp_path / "ddp"),
-           "--data", str(data_root)]
+           "--data", str(data_root), "--device", "cpu"]  # two ranks, gloo: also on a machine with one GPU
     done = _run(cmd, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = [json.loads(part) for part in done.stdout.replace("}\n{", "}\n\x00{").split("\x00")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from modprompt.adapt.config import AdaptConfig
-from modprompt.cli import SPLIT_FLAGS, add_config_flags, add_data_argument, config_flags
+from modprompt.cli import SPLIT_FLAGS, add_config_flags, add_data_argument, add_device_argument, config_flags
 
 #: command-line flags that set AdaptConfig fields of the same name (dashes for underscores)
 _CONFIG_FLAGS = {
@@ -49,6 +49,7 @@ def add_adapt(sub) -> None:
     add_data_argument(p)
     p.add_argument("--out", help="save the adapted parameters here (for `modprompt predict`)")
     p.add_argument("--router-shared", action="store_true", help="mp2: one router for all layers in stage 1")
+    add_device_argument(p)
     add_config_flags(p, _CONFIG_FLAGS, AdaptConfig(method="mp2"))
     p.set_defaults(func=run_adapt)
 
@@ -67,6 +68,7 @@ def run_adapt(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         task_spec=args.task_spec,
         out=args.out,
+        device=args.device,
     )
     for stage in result["stages"]:
         stage.pop("evaluations")
@@ -90,6 +92,7 @@ def add_predict(sub) -> None:
     p.add_argument("--backbone", help="a local model folder or 'gemma-3-270m' (default: the recorded one)")
     p.add_argument("--bank", help="the bank folder (default: the recorded path; checked by sha256)")
     p.add_argument("--batch-size", type=int, default=16)
+    add_device_argument(p)
     p.set_defaults(func=run_predict)
 
 
@@ -99,6 +102,6 @@ def run_predict(args: argparse.Namespace) -> int:
     from modprompt.cli import print_json
 
     spec = record_spec(read_adapted_config(args.adapted), args.input, args.task_spec, args.task)
-    method = load_adapted(args.adapted, backbone=args.backbone, bank=args.bank)
+    method = load_adapted(args.adapted, backbone=args.backbone, bank=args.bank, device=args.device)
     print_json(predict_file(method, args.input, args.output, spec, args.batch_size))
     return 0

@@ -135,9 +135,16 @@ class AdaptMethod(nn.Module, ABC):
     def prepare(self, encoder: MRCEncoder, train: Sequence[MRCExample]) -> None:
         """Measure what the method needs from the task's training data before training (nothing by default)."""
 
+    @property
+    def device(self) -> torch.device:
+        """Where the method's weights are (move it with ``.to(device)`` before taking its :meth:`encoder`)."""
+        return next(self.parameters()).device
+
     def encoder(self) -> MRCEncoder:
-        """The MRC encoder for this method: ``max_length`` of the config, this method's placeholders."""
-        return MRCEncoder(self.tokenizer, EncodingConfig(self.config.max_length, self.num_prompt_tokens))
+        """The MRC encoder for this method: ``max_length`` of the config, this method's placeholders, and
+        batches collated on the method's device."""
+        config = EncodingConfig(self.config.max_length, self.num_prompt_tokens)
+        return MRCEncoder(self.tokenizer, config, self.device)
 
     # -- shared ---------------------------------------------------------------------------------------
 

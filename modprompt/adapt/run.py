@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.loop import fit
@@ -32,6 +33,7 @@ from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.fewshot import fewshot_splits
 from modprompt.data.mrc import MRCExample
 from modprompt.data.spec import load_spec
+from modprompt.device import resolve_device
 from modprompt.evaluate import evaluate, main_metric
 from modprompt.modular.model import read_bank_config
 
@@ -69,11 +71,13 @@ def adapt(
     backbone: Backbone | str | Path | None = None,
     task_spec: str | Path | None = None,
     out: str | Path | None = None,
+    device: torch.device | str | None = None,
 ) -> dict:
     """Adapt to one task's few-shot split of ``config.seed``, test, optionally save to ``out``; the result.
 
     ``task_spec`` (a user task spec, :mod:`modprompt.data.spec`) replaces ``task``. ``backbone`` defaults
-    to the bank's. The result holds the method, task, seed, exact trainable parameter count, the test
+    to the bank's. ``device``: where to train (:func:`~modprompt.device.resolve_device`; None: where the
+    backbone is). The result holds the method, task, seed, exact trainable parameter count, the test
     metrics and main ``metric`` (accuracy, else F1), the best dev score, optimisation time
     (``train_seconds``), the wall time of training with its dev evaluations (``fit_seconds``), steps and
     examples seen, each stage's summary, and what the run started from besides the backbone (the bank's
@@ -98,13 +102,15 @@ def adapt(
     requested = config
     config = fit_max_length(config, backbone, train + dev + test)
     method = create_method(backbone, config, task, bank)
+    method.to(resolve_device(device) if device is not None else backbone.device)
     if method.needs_bank and task in method.bank_tasks:
         logger.warning("task %s was one of the bank's pre-training tasks; the result is not few-shot transfer", task)
     encoder = method.encoder()
     method.prepare(encoder, train)
     logger.info(
-        "adapting %s to %s (seed %d): %d trainable parameters, %d train / %d dev / %d test examples",
-        config.method, task, config.seed, method.trainable_parameters(), len(train), len(dev), len(test),
+        "adapting %s to %s (seed %d) on %s: %d trainable parameters, %d train / %d dev / %d test examples",
+        config.method, task, config.seed, method.device, method.trainable_parameters(), len(train), len(dev),
+        len(test),
     )  # fmt: skip
     fit_started = time.perf_counter()
     summary = fit(method, encoder, train, dev, config)
@@ -126,6 +132,7 @@ def adapt(
         "examples_seen": summary["examples_seen"],
         "examples": {"train": len(train), "dev": len(dev), "test": len(test)},
         "backbone": backbone.info.name,
+        "device": str(method.device),
         "bank": str(Path(bank).resolve()) if method.needs_bank else None,
         "prefinetuned": method.identity().get("prefinetuned"),
         "config": requested.to_dict(),
@@ -146,9 +153,13 @@ def read_adapted_config(directory: str | Path) -> dict:
 
 
 def load_adapted(
-    directory: str | Path, backbone: Backbone | str | Path | None = None, bank: str | Path | None = None
+    directory: str | Path,
+    backbone: Backbone | str | Path | None = None,
+    bank: str | Path | None = None,
+    device: torch.device | str | None = None,
 ) -> AdaptMethod:
-    """Reopen a saved adaptation: its backbone (the recorded one by default), its bank, its tensors.
+    """Reopen a saved adaptation: its backbone (the recorded one by default), its bank, its tensors,
+    on ``device`` (:func:`~modprompt.device.resolve_device`; None: where the backbone is).
 
     A bank method needs the very bank it was adapted from: the recorded path by default, or ``bank``;
     a bank whose weights changed since (another sha256) is an error.
@@ -169,4 +180,4 @@ def load_adapted(
         raise KeyError(f"{directory} was adapted with method {config.method!r}, which is not registered here")
     method = METHODS[config.method](backbone, config, meta["task"], bank_dir)
     method.load_adapted_tensors(directory)
-    return method
+    return method.to(resolve_device(device) if device is not None else backbone.device)

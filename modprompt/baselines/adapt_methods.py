@@ -49,7 +49,8 @@ class ChildTuningF(FineTuning):
         return [replace(stage, optimizer=self._optimizer) for stage in super().stages()]
 
     def _optimizer(self, param_groups: list[dict]) -> torch.optim.Optimizer:
-        generator = torch.Generator().manual_seed(self.config.seed)
+        # On the weights' device: drawing a mask for all 268M gradients on the CPU would dominate a GPU step.
+        generator = torch.Generator(self.device).manual_seed(self.config.seed)
         return ChildTuningAdamW(param_groups, weight_decay=0.0, mode="F", reserve_p=RESERVE_P, generator=generator)
 
 

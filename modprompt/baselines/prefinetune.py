@@ -30,6 +30,7 @@ from torch import nn
 from modprompt.backbone import Backbone, check_backbone, load_backbone
 from modprompt.config_utils import read_saved_config
 from modprompt.data.encoding import IGNORE_INDEX, EncodingConfig, MRCEncoder
+from modprompt.device import resolve_device
 from modprompt.head import SpanHead, span_loss
 from modprompt.modular.pretrain import UpstreamRunConfig, start_run
 from modprompt.training.trainer import MultiTaskObjective, MultiTaskTrainer, TrainConfig
@@ -163,23 +164,31 @@ def load_prefinetuned(directory: str | Path, backbone: Backbone | str | Path | N
 # -- the multi-task stage ------------------------------------------------------------------------
 
 
-def build_objective(config: PrefinetuneConfig) -> PrefinetuneObjective:
-    """The trainable backbone (seeded fresh head) and its pre-finetuning objective, as ``config`` describes."""
+def build_objective(config: PrefinetuneConfig, device: torch.device | str = "cpu") -> PrefinetuneObjective:
+    """The trainable backbone (seeded fresh head) on ``device`` and its pre-finetuning objective, as
+    ``config`` describes."""
     backbone = load_backbone(config.backbone, freeze=False)
     torch.manual_seed(config.train.seed)
-    model = SpanModel(backbone)
-    encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(config.max_length))
+    model = SpanModel(backbone).to(device)
+    encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(config.max_length), device)
     return PrefinetuneObjective(model, encoder, config.lr, config.lr_head, config.weight_decay, config.loss_scaling)
 
 
-def prefinetune(config: PrefinetuneConfig, run_dir: str | Path, data_root: Path, until: int | None = None) -> dict:
-    """Pre-finetune (or resume) in ``run_dir``, stopping at step ``until`` if given.
+def prefinetune(
+    config: PrefinetuneConfig,
+    run_dir: str | Path,
+    data_root: Path,
+    until: int | None = None,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Pre-finetune (or resume) in ``run_dir`` on ``device``, stopping at step ``until`` if given.
 
     The model is saved to ``run_dir/model`` once the run has finished. The summary adds the number
     of trained parameters to the trainer's budget figures (steps, examples, tokens, seconds).
     """
+    device = resolve_device(device)
     run_dir, tasks, train, held_out = start_run(config, run_dir, data_root)
-    objective = build_objective(config)
+    objective = build_objective(config, device)
     model = objective.model
     trainer = MultiTaskTrainer(objective, config.train, train, held_out, run_dir)
     trainable = sum(p.numel() for p in trainer.params.values())

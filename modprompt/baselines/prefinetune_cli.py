@@ -22,6 +22,6 @@ def run(args) -> int:
     from modprompt.baselines.prefinetune import PrefinetuneConfig, prefinetune
 
     config = PrefinetuneConfig.from_json(args.config)
-    summary = prefinetune(config, args.run_dir, data_root_arg(args.data), until=args.until)
+    summary = prefinetune(config, args.run_dir, data_root_arg(args.data), until=args.until, device=args.device)
     print_run_summary(summary)
     return 0

@@ -15,7 +15,7 @@ import json
 import logging
 
 from modprompt.blackbox.params import Limits
-from modprompt.cli import SPLIT_FLAGS, add_config_flags, add_data_argument, config_flags
+from modprompt.cli import SPLIT_FLAGS, add_config_flags, add_data_argument, add_device_argument, config_flags
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / 2**20, help="request body bound")
     p.add_argument("--max-datasets", type=int, default=defaults.max_datasets, help="example sets kept in memory")
     p.add_argument("--threads", type=int, help="torch CPU threads for the model (default: torch's choice)")
+    add_device_argument(p)
     p.set_defaults(func=run_serve)
 
 
@@ -85,6 +86,7 @@ def run_serve(args: argparse.Namespace) -> int:
         bound=args.bound,
         cache_bytes=args.cache_mb * 2**20,
         projection_bytes=args.projection_mb * 2**20,
+        device=args.device,
     )
     return 0
 
@@ -112,6 +114,7 @@ def add_bbt_parser(sub) -> None:
     p.add_argument("--retries", type=int, default=5, help="retries of a failed call (5xx, connection)")
     p.add_argument("--max-length", type=int, default=256, help="with --bank: tokens per example")
     p.add_argument("--threads", type=int, help="with --bank: torch CPU threads (default: torch's choice)")
+    add_device_argument(p, "with --bank: ")
     add_config_flags(p, _TUNE_FLAGS)  # defaults depend on --preset and --method: the helps say them
     p.set_defaults(func=run_bbt)
 
@@ -135,7 +138,8 @@ def run_bbt(args: argparse.Namespace) -> int:
         from modprompt.blackbox.scoring import Scorer
 
         _set_threads(args.threads)
-        objective = InProcessObjective(Scorer.from_bank(args.bank, args.backbone, max_length=args.max_length))
+        scorer = Scorer.from_bank(args.bank, args.backbone, args.device, max_length=args.max_length)
+        objective = InProcessObjective(scorer)
     result = tune_task(objective, args.task, data_root_arg(args.data), config, state)
     result["server"] = args.server or "in-process"
     if args.server:

@@ -109,7 +109,9 @@ class Scorer:
     ) -> None:
         self.model = model.eval()
         self.config = model.config
-        self.encoder = MRCEncoder(model.backbone.tokenizer, EncodingConfig(max_length, model.config.num_tokens))
+        self.device = next(model.parameters()).device  # the model stays where it was given
+        config = EncodingConfig(max_length, model.config.num_tokens)
+        self.encoder = MRCEncoder(model.backbone.tokenizer, config, self.device)
         self.batch_size = batch_size
         self.bound = bound
         self.max_random_dim = max_random_dim
@@ -120,15 +122,19 @@ class Scorer:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_bank(cls, bank: str | Path, backbone: str | Path | None = None, **options) -> Scorer:
-        """Load a saved bank (and its backbone: the recorded one by default, else ``backbone``)."""
+    def from_bank(
+        cls, bank: str | Path, backbone: str | Path | None = None, device: torch.device | str = "cpu", **options
+    ) -> Scorer:
+        """Load a saved bank (and its backbone: the recorded one by default, else ``backbone``) onto
+        ``device`` (:func:`~modprompt.device.resolve_device`)."""
         from modprompt.backbone import check_backbone, resolve_backbone
+        from modprompt.device import resolve_device
         from modprompt.modular.model import read_bank_config
 
         recorded = read_bank_config(bank)["backbone"]
         loaded = resolve_backbone(backbone, recorded)
         check_backbone(recorded, loaded, f"bank {bank}")
-        return cls(ModularPromptModel.from_pretrained(bank, loaded), **options)
+        return cls(ModularPromptModel.from_pretrained(bank, loaded).to(resolve_device(device)), **options)
 
     @property
     def num_layers(self) -> int:
@@ -257,7 +263,8 @@ class Scorer:
 
         Entries are normal with std ``s_l / sqrt(dim)``, ``s_l`` the layer's hidden-state RMS (the bank's
         calibrated ``layer_scale``), so a unit-variance ``z`` gives a prompt of the layer's typical size:
-        BBT's and BBTv2's normal initialisation from the embedding or hidden-state spread.
+        BBT's and BBTv2's normal initialisation from the embedding or hidden-state spread. Drawn on the
+        CPU, so a seed names the same projection on every device, then kept on the model's.
         """
         key = (space.seed, space.dim, layer)
         projection = self._projections.get(key)
@@ -266,6 +273,7 @@ class Scorer:
             generator = torch.Generator().manual_seed(space.seed * 1_000_003 + layer)
             std = float(self.model.bank.layer_scale[layer]) / math.sqrt(space.dim)
             projection = torch.randn(space.dim, c.num_tokens * c.hidden_size, generator=generator) * std
+            projection = projection.to(self.device)
             self._projections.put(key, projection, projection.numel() * projection.element_size())
         return projection
 
@@ -279,28 +287,29 @@ class Scorer:
     def _prepare(self, candidate: Candidate, space: Space) -> tuple[torch.Tensor, list[bytes]]:
         """Deep prompts (1, layers, n, hidden) and prefix hashes: ``[l]`` identifies the prompts below ``l``."""
         c = self.config
+        on = {"dtype": torch.float32, "device": self.device}
         specs: list[bytes] = []
         if space.kind == "random":
-            prompts = torch.zeros(1, c.num_layers, c.num_tokens, c.hidden_size)
+            prompts = torch.zeros(1, c.num_layers, c.num_tokens, c.hidden_size, **on)
             for layer in range(c.num_layers):
                 if layer in candidate.intrinsic:
                     z = torch.tensor(candidate.intrinsic[layer], dtype=torch.float32)
-                    prompts[0, layer] = (z @ self._projection(space, layer)).view(c.num_tokens, c.hidden_size)
+                    prompts[0, layer] = (z.to(self.device) @ self._projection(space, layer)).view(c.num_tokens, -1)
                     specs.append(f"random:{space.seed}:{space.dim}:".encode() + z.numpy().tobytes())
                 else:
                     specs.append(b"none")
         else:
-            intrinsic = torch.zeros(c.num_layers, c.num_tokens, c.rank)
+            intrinsic = torch.zeros(c.num_layers, c.num_tokens, c.rank, **on)
             if candidate.router is not None:
-                logits = torch.tensor(candidate.router, dtype=torch.float32)
+                logits = torch.tensor(candidate.router, **on)
                 if logits.dim() == 1:
                     logits = logits.expand(c.num_layers, -1)
                 intrinsic = self.model.bank.mix(normalise(torch.sigmoid(logits))[None])[0]
             for layer, values in candidate.intrinsic.items():
-                offset = torch.tensor(values, dtype=torch.float32).view(c.num_tokens, c.rank)
+                offset = torch.tensor(values, **on).view(c.num_tokens, c.rank)
                 intrinsic[layer] = intrinsic[layer] + offset
             prompts = self.model.bank.project(intrinsic[None])
-            specs = [b"bank:" + intrinsic[layer].numpy().tobytes() for layer in range(c.num_layers)]
+            specs = [b"bank:" + intrinsic[layer].cpu().numpy().tobytes() for layer in range(c.num_layers)]
         digest = hashlib.blake2b(digest_size=16)
         prefixes = [digest.digest()]
         for spec in specs:

@@ -72,7 +72,13 @@ def _covering_tokens(offsets: Sequence[tuple[int, int]], span: tuple[int, int]) 
 class MRCEncoder:
     """Turns :class:`MRCExample` objects into :class:`EncodedExample` objects and padded batches."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: EncodingConfig = EncodingConfig()) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        config: EncodingConfig = EncodingConfig(),
+        device: torch.device | str | None = None,
+    ) -> None:
+        """``device``: where :meth:`collate` puts its batches (the model's device; None: the CPU)."""
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         if not tokenizer.is_fast:
             raise ValueError(f"tokenizer {name!r} gives no character offsets; a fast (tokenizers) tokenizer is needed")
@@ -94,6 +100,7 @@ class MRCEncoder:
         self.prefix = [first] + [placeholder] * config.num_prompt_tokens
         self.sep = sep
         self.closing = [] if closing is None else [closing]
+        self.device = torch.device(device) if device is not None else None
 
     def _tokenize(self, texts: Sequence[str]) -> dict[str, tuple[list[int], list[tuple[int, int]]]]:
         """ids and offsets of each distinct text, tokenized in one batch call."""
@@ -223,7 +230,7 @@ class MRCEncoder:
         ``pad_id`` defaults to the tokenizer's pad token, else 0: padded positions are masked out, so
         the id only has to exist in the vocabulary. Candidates mark where an answer may start or end:
         option first/last tokens for option tasks, every kept passage token for extractive QA.
-        Missing answers and labels are -100.
+        Missing answers and labels are -100. The batch is on the encoder's ``device``.
         """
         if not encoded:
             raise ValueError("cannot collate an empty batch")
@@ -264,7 +271,7 @@ class MRCEncoder:
             if e.example.label is not None:
                 labels[row] = e.example.label
 
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "start_candidates": start_candidates,
@@ -276,3 +283,7 @@ class MRCEncoder:
             "option_mask": option_mask,
             "labels": labels,
         }
+        # Built row by row on the CPU (cheap there), then moved in one go.
+        if self.device is not None and self.device.type != "cpu":
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return batch

@@ -89,7 +89,8 @@ class ModularPromptModel(nn.Module):
         return self.router.tasks
 
     def task_ids(self, tasks: list[str]) -> torch.Tensor:
-        return torch.tensor([self.router.task_index(t) for t in tasks], dtype=torch.long)
+        ids = [self.router.task_index(t) for t in tasks]
+        return torch.tensor(ids, dtype=torch.long, device=self.router.logits.device)
 
     def prompts(self, task_ids: torch.Tensor, temperature: float | None = None, generator=None) -> torch.Tensor:
         return self.bank.prompts(self.router(task_ids, temperature, generator))

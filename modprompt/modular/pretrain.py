@@ -21,6 +21,7 @@ from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.mrc import MRCExample, Role
 from modprompt.data.registry import load_examples
 from modprompt.data.task import all_tasks, get_task
+from modprompt.device import resolve_device
 from modprompt.head import span_loss
 from modprompt.modular.config import ModularPromptConfig
 from modprompt.modular.model import ModularPromptModel
@@ -153,21 +154,31 @@ def start_run(
     return run_dir, tasks, train, held_out
 
 
-def build_model(config: PretrainConfig, tasks: list[str], seed: int) -> tuple[ModularPromptModel, MRCEncoder]:
+def build_model(
+    config: PretrainConfig, tasks: list[str], seed: int, device: torch.device | str = "cpu"
+) -> tuple[ModularPromptModel, MRCEncoder]:
+    """The seeded bank, routers and head on the frozen backbone, on ``device``, and their encoder."""
     backbone = load_backbone(config.backbone)
     torch.manual_seed(seed)
     model = ModularPromptModel(backbone, config.prompt_config(backbone.num_layers, backbone.hidden_size), tasks)
-    encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(config.max_length, config.num_tokens))
-    return model, encoder
+    encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(config.max_length, config.num_tokens), device)
+    return model.to(device), encoder
 
 
-def pretrain(config: PretrainConfig, run_dir: str | Path, data_root: Path, until: int | None = None) -> dict:
-    """Train (or resume) a bank in ``run_dir``, stopping at step ``until`` if given.
+def pretrain(
+    config: PretrainConfig,
+    run_dir: str | Path,
+    data_root: Path,
+    until: int | None = None,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Train (or resume) a bank in ``run_dir`` on ``device``, stopping at step ``until`` if given.
 
     The bank is saved to ``run_dir/bank`` whenever a call ends, finished or not.
     """
+    device = resolve_device(device)
     run_dir, tasks, train, held_out = start_run(config, run_dir, data_root)
-    model, encoder = build_model(config, tasks, config.train.seed)
+    model, encoder = build_model(config, tasks, config.train.seed, device)
     sample = [example for name in tasks for example in train[name][:2]]
     model.calibrate(encoder.collate(encoder.encode_all(sample)))
     objective = ModularPromptObjective(model, encoder, config.lr_router, config.lr_prompt, config.train.steps)

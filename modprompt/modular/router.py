@@ -15,8 +15,13 @@ _EPS = 1e-6
 
 
 def relaxed_bernoulli(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A differentiable sample in (0, 1) of Bernoulli(sigmoid(logits)) (Gumbel-sigmoid / binary concrete)."""
-    u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
+    """A differentiable sample in (0, 1) of Bernoulli(sigmoid(logits)) (Gumbel-sigmoid / binary concrete).
+
+    The noise is drawn on the generator's device (the CPU for a CPU generator) and then moved to the
+    logits', so a seeded run samples the same routes on every device.
+    """
+    device = generator.device if generator is not None else logits.device
+    u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=device).to(logits.device)
     u = u.clamp(_EPS, 1 - _EPS)
     return torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
 

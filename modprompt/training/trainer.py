@@ -87,10 +87,11 @@ class MultiTaskObjective(ABC):
 
 
 def distributed_context() -> tuple[int, int]:
-    """(rank, world size), initialising the gloo process group when launched by torchrun."""
+    """(rank, world size), initialising the process group when launched by torchrun (gloo for CPU tensors,
+    NCCL for CUDA ones)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -206,7 +207,9 @@ class MultiTaskTrainer:
         with torch.no_grad():
             for name, p in self.params.items():
                 p.copy_(weights[name])
-        state = torch.load(folder / "state.pt", weights_only=False)
+        # On the CPU first: a run checkpointed on a GPU may resume elsewhere; the optimiser's state moves
+        # to its parameters' device as it loads.
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
         if state["config"] != asdict(self.config):
             raise ValueError(f"checkpoint in {folder} was written by a run with another configuration")
         self.optimizer.load_state_dict(state["optimizer"])
