@@ -1,7 +1,7 @@
 """Where the model runs (``--device``): resolving device names everywhere, and every path on a CUDA GPU.
 
 The GPU tests run a tiny job on the CPU and on the GPU and compare the two. They are skipped where torch
-sees no GPU (CI); they ran on a lent H100 (benchmarks/results/device.md says when).
+sees no GPU (CI); they passed on the H100 lent to the session of 2026-11-24 (see benchmarks/README.md).
 """
 
 from __future__ import annotations

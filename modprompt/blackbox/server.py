@@ -323,8 +323,8 @@ def serve(
     app = create_app(scorer, api_keys, limits)
     info = scorer.info(limits)
     logger.info(
-        "serving bank %s on %s (%d layers, K %d, n %d, r %d) at http://%s:%d with %d API key(s); limits %s",
-        bank, info.backbone["name"], info.num_layers, info.num_modules, info.num_tokens, info.rank,
+        "serving bank %s on %s (%d layers, K %d, n %d, r %d; %s) at http://%s:%d with %d API key(s); limits %s",
+        bank, info.backbone["name"], info.num_layers, info.num_modules, info.num_tokens, info.rank, scorer.device,
         host, port, len(api_keys), json.dumps(limits.to_dict()),
     )  # fmt: skip
     if host not in ("127.0.0.1", "localhost", "::1"):
