@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,6 +109,13 @@ def test_adapt_help_names_every_method(capsys):
         cli(["adapt", "--help"])
     shown = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
     assert all(name in shown for name in METHODS)
+
+
+def test_the_parser_imports_no_torch():
+    # `modprompt --help` (and `tasks`, `data`) should answer at once, not after seconds of torch import.
+    code = "import sys, modprompt.cli as c; c.build_parser(); print(sorted(m for m in ('torch', 'peft') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_mp2_stages_keep_everything_else_bit_identical(decoder, bank, eprstmt):

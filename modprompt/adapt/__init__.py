@@ -3,22 +3,36 @@
 ``config`` (AdaptConfig), ``methods`` (one class per method, the METHODS registry, saving and loading
 the adapted parameters), ``loop`` (training with early stopping on the dev set), ``run`` (one run end
 to end: :func:`adapt`, :func:`load_adapted`), ``predict`` (a user's file -> JSON lines), ``cli``.
+
+The names below load on first use, so that the ``modprompt`` parser (which reads AdaptConfig's
+defaults) imports no torch: ``modprompt --help`` answers at once.
 """
 
-from modprompt.adapt.config import AdaptConfig
-from modprompt.adapt.methods import METHODS, AdaptMethod, Stage, create_method, register_method
-from modprompt.adapt.run import adapt, load_adapted
+from __future__ import annotations
 
-# Registers the Child-Tuning and pre-finetuning methods (child-f, child-d, prefinetune) beside the others.
-import modprompt.baselines.adapt_methods  # noqa: E402,F401  isort: skip
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "AdaptConfig",
-    "AdaptMethod",
-    "METHODS",
-    "Stage",
-    "adapt",
-    "create_method",
-    "load_adapted",
-    "register_method",
-]
+_EXPORTS = {
+    "AdaptConfig": "modprompt.adapt.config",
+    "AdaptMethod": "modprompt.adapt.methods",
+    "METHODS": "modprompt.adapt.methods",
+    "Stage": "modprompt.adapt.methods",
+    "create_method": "modprompt.adapt.methods",
+    "register_method": "modprompt.adapt.methods",
+    "adapt": "modprompt.adapt.run",
+    "load_adapted": "modprompt.adapt.run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from modprompt.adapt.config import AdaptConfig
+    from modprompt.adapt.methods import METHODS, AdaptMethod, Stage, create_method, register_method
+    from modprompt.adapt.run import adapt, load_adapted
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -455,6 +455,11 @@ def register_method(cls: type[AdaptMethod]) -> type[AdaptMethod]:
 for _cls in (MP2, RouteOnly, RoutePerLayer, PromptTuning, DeepPromptTuning, FineTuning):
     register_method(_cls)
 
+# The baselines' methods (child-f, child-d, prefinetune) live with their papers' code and register
+# themselves on import; importing them here, once the names they need exist, makes every method known
+# wherever the registry is.
+import modprompt.baselines.adapt_methods  # noqa: E402,F401  isort: skip
+
 
 def create_method(
     backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None
