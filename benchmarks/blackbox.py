@@ -11,6 +11,7 @@ layout of ``benchmarks/fewshot.py`` (mean ± sample std over seeds per task and 
 
     python benchmarks/blackbox.py --bank runs/pretrain-gemma/bank --preset cpu --test-limit 300
     python benchmarks/blackbox.py --bank BANK --methods mp2-bb --tasks eprstmt --seeds 0 1 --aggregate-only
+    python benchmarks/blackbox.py --bank BANK --methods mp2-bb --tasks bustm --run-only  # fill cells, keep the table
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     grid = ResultGrid(args.results / args.name, args.methods, args.tasks, args.seeds, TuneConfig)
     return run_grid(args, grid, run_all, aggregate, write_markdown, "Black-box few-shot tuning", argv)

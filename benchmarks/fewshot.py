@@ -14,6 +14,7 @@ set: the same examples for every method and seed.
 
     python benchmarks/fewshot.py --bank runs/pretrain-gemma/bank --test-limit 300
     python benchmarks/fewshot.py --bank BANK --methods mp2 pt --tasks eprstmt --seeds 0 1 --aggregate-only
+    python benchmarks/fewshot.py --bank BANK --methods mp2 pt --tasks iflytek --run-only  # fill cells, keep the table
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     return run_grid(args, _grid(args), run_all, aggregate, write_markdown, "Few-shot adaptation", argv)
 

@@ -256,7 +256,14 @@ def add_grid_arguments(p: argparse.ArgumentParser, methods: Sequence[str], name:
     p.add_argument("--data", type=Path, default=None, help="data folder (default: $MODPROMPT_DATA or the cache)")
     p.add_argument("--results", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default=name, help="stem of the outputs and of the per-run folder")
-    p.add_argument("--aggregate-only", action="store_true", help="only aggregate the stored results")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--aggregate-only", action="store_true", help="only aggregate the stored results")
+    only.add_argument(
+        "--run-only",
+        action="store_true",
+        help="only run and store the missing results, leaving NAME.json/.md/.png as they are "
+        "(to fill part of a larger table, e.g. one task, without rewriting it)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -273,8 +280,9 @@ def run_grid(
     write_markdown: Callable[[dict, Path, int], None],
     title: str,
     argv: Sequence[str] | None,
-) -> dict:
-    """Run what is missing (unless ``--aggregate-only``), then write ``NAME.json``, ``.md`` and ``.png``.
+) -> dict | None:
+    """Run what is missing (unless ``--aggregate-only``), then write ``NAME.json``, ``.md`` and ``.png``
+    and return the summary (unless ``--run-only``: then None).
 
     ``argv`` are the script's arguments (None: ``sys.argv``); less ``--aggregate-only``, they are written
     into the outputs as the command that makes the table.
@@ -292,6 +300,8 @@ def run_grid(
         started = time.perf_counter()
         run_all(args, grid)
         logger.info("runs took %.0f s", time.perf_counter() - started)
+        if args.run_only:
+            return None
     summary = {"command": f"python benchmarks/{script} " + shlex.join(a for a in argv if a != "--aggregate-only"),
                **aggregate(args, grid)}  # fmt: skip
     if summary["settings"] is not None:

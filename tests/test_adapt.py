@@ -346,6 +346,10 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
     assert fewshot.main(argv)["methods"]["route-only"] == route
     with pytest.raises(SystemExit, match="other settings"):
         fewshot.main([*argv, "--test-limit", "30"])
+    # --run-only fills cells and leaves the table alone (here there is nothing to fill).
+    (tmp_path / "fewshot.md").write_text("a larger table")
+    assert fewshot.main([*argv, "--run-only"]) is None
+    assert (tmp_path / "fewshot.md").read_text() == "a larger table"
 
     # A prefinetune result names the model it started from; the table says which (by path and sha256).
     result = json.loads((tmp_path / "fewshot/pt/eprstmt/seed0.json").read_text())
