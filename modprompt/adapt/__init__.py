@@ -24,7 +24,16 @@ _EXPORTS = {
     "load_adapted": "modprompt.adapt.run",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "METHODS",
+    "AdaptConfig",
+    "AdaptMethod",
+    "Stage",
+    "adapt",
+    "create_method",
+    "load_adapted",
+    "register_method",
+]
 
 if TYPE_CHECKING:
     from modprompt.adapt.config import AdaptConfig
