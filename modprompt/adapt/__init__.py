@@ -24,21 +24,17 @@ _EXPORTS = {
     "load_adapted": "modprompt.adapt.run",
 }
 
-__all__ = [
-    "METHODS",
-    "AdaptConfig",
-    "AdaptMethod",
-    "Stage",
-    "adapt",
-    "create_method",
-    "load_adapted",
-    "register_method",
-]
+__all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:
-    from modprompt.adapt.config import AdaptConfig
-    from modprompt.adapt.methods import METHODS, AdaptMethod, Stage, create_method, register_method
-    from modprompt.adapt.run import adapt, load_adapted
+if TYPE_CHECKING:  # the same names, for type checkers (``as`` marks them as re-exported)
+    from modprompt.adapt.config import AdaptConfig as AdaptConfig
+    from modprompt.adapt.methods import METHODS as METHODS
+    from modprompt.adapt.methods import AdaptMethod as AdaptMethod
+    from modprompt.adapt.methods import Stage as Stage
+    from modprompt.adapt.methods import create_method as create_method
+    from modprompt.adapt.methods import register_method as register_method
+    from modprompt.adapt.run import adapt as adapt
+    from modprompt.adapt.run import load_adapted as load_adapted
 
 
 def __getattr__(name: str) -> Any:
