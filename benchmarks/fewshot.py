@@ -31,6 +31,7 @@ from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.methods import BANK_WEIGHTS, METHODS, file_sha256
 from modprompt.adapt.run import adapt
 from modprompt.backbone import resolve_backbone
+from modprompt.baselines.prefinetune import BACKBONE_WEIGHTS
 from modprompt.modular.model import read_bank_config
 
 logger = logging.getLogger("fewshot")
@@ -56,6 +57,8 @@ def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
     shared = {name: getattr(args, name) for name in SHARED if getattr(args, name) is not None}
     if args.prefinetuned:
         shared["prefinetuned"] = str(Path(args.prefinetuned).resolve())
+        if "prefinetune" in grid.methods:
+            _check_prefinetuned_model(grid, Path(args.prefinetuned))
     todo, done = grid.missing(lambda method, seed: AdaptConfig(method, seed=seed, **shared))
     logger.info("%d results stored, %d to run", done, len(todo))
     if not todo:
@@ -78,6 +81,18 @@ def _prefinetuned_models(grid: ResultGrid) -> list[dict]:
             if record:
                 models[record["sha256"]] = record
     return list(models.values())
+
+
+def _check_prefinetuned_model(grid: ResultGrid, model: Path) -> None:
+    """One ``prefinetune`` row comes from one pre-finetuned model: a rebuilt model (another sha256) may not
+    add results to a row that started from another."""
+    sha256 = file_sha256(model / BACKBONE_WEIGHTS)
+    stored = [m["sha256"] for m in _prefinetuned_models(grid) if m["sha256"] != sha256]
+    if stored:
+        raise SystemExit(
+            f"stored prefinetune results started from the pre-finetuned model with weights sha256 {stored[0]}; "
+            f"{model} has sha256 {sha256}. Use that model, or delete {grid.root / 'prefinetune'} to rerun the row."
+        )
 
 
 def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:

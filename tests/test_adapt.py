@@ -363,3 +363,9 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
     assert summary["machines"] == [{"machine": machine, "runs": 2}, {"machine": None, "runs": 1}]
     assert "; not recorded: 1" in (tmp_path / "fewshot.md").read_text()
     assert f"pre-finetuned model `runs/pft/model` (weights sha256 {'ab' * 32})" in (tmp_path / "fewshot.md").read_text()
+    # One prefinetune row comes from one model: a rebuilt one (other weights) may not add results to it.
+    rebuilt = tmp_path / "rebuilt"
+    rebuilt.mkdir()
+    (rebuilt / "backbone.safetensors").write_bytes(b"other weights")
+    with pytest.raises(SystemExit, match=f"sha256 {'ab' * 32}; .*rebuilt has sha256 .*delete"):
+        fewshot.main([*argv, "--methods", "prefinetune", "--prefinetuned", str(rebuilt), "--run-only"])
