@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from result_grid import ResultGrid, add_grid_arguments, run_grid, write_table
@@ -31,7 +32,7 @@ from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.methods import BANK_WEIGHTS, METHODS, file_sha256
 from modprompt.adapt.run import adapt
 from modprompt.backbone import resolve_backbone
-from modprompt.baselines.prefinetune import BACKBONE_WEIGHTS
+from modprompt.baselines.adapt_methods import prefinetuned_identity
 from modprompt.modular.model import read_bank_config
 
 logger = logging.getLogger("fewshot")
@@ -71,27 +72,26 @@ def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
         logger.info("  %s: metric %.4f, %.0f s", path.relative_to(grid.root), result["metric"], result["fit_seconds"])
 
 
-def _prefinetuned_models(grid: ResultGrid) -> list[dict]:
-    """The pre-finetuned models (path and weights sha256) the stored ``prefinetune`` results started from."""
+def _prefinetuned_models(paths: Iterable[Path]) -> list[dict]:
+    """The pre-finetuned models (path and weights sha256) that the ``prefinetune`` results at ``paths`` started from."""
     models = {}
-    for task in grid.tasks:
-        for seed in grid.seeds:
-            path = grid.path("prefinetune", task, seed)
-            record = json.loads(path.read_text()).get("prefinetuned") if path.is_file() else None
-            if record:
-                models[record["sha256"]] = record
+    for path in paths:
+        record = json.loads(path.read_text()).get("prefinetuned") if path.is_file() else None
+        if record:
+            models[record["sha256"]] = record
     return list(models.values())
 
 
 def _check_prefinetuned_model(grid: ResultGrid, model: Path) -> None:
-    """One ``prefinetune`` row comes from one pre-finetuned model: a rebuilt model (another sha256) may not
-    add results to a row that started from another."""
-    sha256 = file_sha256(model / BACKBONE_WEIGHTS)
-    stored = [m["sha256"] for m in _prefinetuned_models(grid) if m["sha256"] != sha256]
+    """One ``prefinetune`` row comes from one pre-finetuned model: a rebuilt model (another sha256) may not add
+    results to a row that started from another, whichever of its tasks this run covers."""
+    sha256 = prefinetuned_identity(model)["sha256"]
+    row = grid.root / "prefinetune"
+    stored = [m["sha256"] for m in _prefinetuned_models(row.glob("*/seed*.json")) if m["sha256"] != sha256]
     if stored:
         raise SystemExit(
             f"stored prefinetune results started from the pre-finetuned model with weights sha256 {stored[0]}; "
-            f"{model} has sha256 {sha256}. Use that model, or delete {grid.root / 'prefinetune'} to rerun the row."
+            f"{model} has sha256 {sha256}. Use that model, or delete {row} to rerun the row."
         )
 
 
@@ -101,7 +101,7 @@ def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:
         {"fit_seconds": "fit_seconds_per_run"},
         metric="accuracy on the test set (F1 for extractive tasks), mean ± sample std over seeds",
         bank=args.bank,
-        prefinetuned=_prefinetuned_models(grid),
+        prefinetuned=_prefinetuned_models(grid.path("prefinetune", t, s) for t in grid.tasks for s in grid.seeds),
     )
 
 

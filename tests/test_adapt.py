@@ -363,9 +363,12 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
     assert summary["machines"] == [{"machine": machine, "runs": 2}, {"machine": None, "runs": 1}]
     assert "; not recorded: 1" in (tmp_path / "fewshot.md").read_text()
     assert f"pre-finetuned model `runs/pft/model` (weights sha256 {'ab' * 32})" in (tmp_path / "fewshot.md").read_text()
-    # One prefinetune row comes from one model: a rebuilt one (other weights) may not add results to it.
+    # One prefinetune row comes from one model: a rebuilt one (other weights) may not add results to it, also on
+    # a task where the row has no result yet (bustm; the stored one is eprstmt's).
     rebuilt = tmp_path / "rebuilt"
     rebuilt.mkdir()
     (rebuilt / "backbone.safetensors").write_bytes(b"other weights")
-    with pytest.raises(SystemExit, match=f"sha256 {'ab' * 32}; .*rebuilt has sha256 .*delete"):
-        fewshot.main([*argv, "--methods", "prefinetune", "--prefinetuned", str(rebuilt), "--run-only"])
+    for tasks in (["eprstmt", "bustm"], ["bustm"]):
+        with pytest.raises(SystemExit, match=f"sha256 {'ab' * 32}; .*rebuilt has sha256 .*delete"):
+            fewshot.main([*argv, "--methods", "prefinetune", "--tasks", *tasks, "--prefinetuned", str(rebuilt),
+                          "--run-only"])  # fmt: skip

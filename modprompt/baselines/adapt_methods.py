@@ -86,6 +86,13 @@ class ChildTuningD(FineTuning):
         return ChildTuningAdamW(param_groups, weight_decay=0.0, mode="D", masks=masks)
 
 
+def prefinetuned_identity(directory: str | Path) -> dict:
+    """The path and weights sha256 that name a pre-finetuned model in results: by content, because a folder
+    can be overwritten by another run."""
+    directory = Path(directory).resolve()
+    return {"path": str(directory), "sha256": file_sha256(directory / BACKBONE_WEIGHTS)}
+
+
 class Prefinetuned(FineTuning):
     """``ft`` from the pre-finetuned backbone and span head (``AdaptConfig.prefinetuned``)."""
 
@@ -100,9 +107,7 @@ class Prefinetuned(FineTuning):
         super().__init__(backbone, config, task, bank_dir)
         # FineTuning copied the backbone; its weights, and the head, become the pre-finetuned ones.
         self.head = load_prefinetuned(config.prefinetuned, self.backbone).head
-        # Which model a result started from, by content: a folder can be overwritten by another run.
-        directory = Path(config.prefinetuned).resolve()
-        self.prefinetuned = {"path": str(directory), "sha256": file_sha256(directory / BACKBONE_WEIGHTS)}
+        self.prefinetuned = prefinetuned_identity(config.prefinetuned)
 
     def identity(self) -> dict:
         return {**super().identity(), "prefinetuned": self.prefinetuned}
