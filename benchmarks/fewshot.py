@@ -98,7 +98,7 @@ def _check_prefinetuned_model(grid: ResultGrid, model: Path) -> None:
 def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:
     """Mean ± sample std over the stored seeds of each (method, task), and per-method summaries."""
     return grid.summary(
-        {"fit_seconds": "fit_seconds_per_run"},
+        {"fit_seconds": "fit_seconds_per_run", "wall_seconds": "wall_seconds_per_run"},
         metric="accuracy on the test set (F1 for extractive tasks), mean ± sample std over seeds",
         bank=args.bank,
         prefinetuned=_prefinetuned_models(grid.path("prefinetune", t, s) for t in grid.tasks for s in grid.seeds),
@@ -109,13 +109,15 @@ def write_markdown(summary: dict, path: Path, seeds: int) -> None:
     intro = (
         f"Backbone `{summary['backbone']}`, bank `{summary['bank']}`. {summary['metric']} "
         f"({seeds} seeds; a cell over fewer seeds shows their count). Train time is the wall time of one run's "
-        "training with its dev evaluations, averaged over runs."
+        "training with its dev evaluations; run time is the whole run's, which adds loading the split, the "
+        "method's preparation (Child-Tuning_D's Fisher pass over the whole training split) and scoring the test "
+        "set. Both are averaged over runs."
     )
     for model in summary["prefinetuned"]:
         where = Path(model["path"])
         shown = where.relative_to(REPO) if where.is_relative_to(REPO) else where  # not this machine's absolute path
         intro += f" `prefinetune` starts from the pre-finetuned model `{shown}` (weights sha256 {model['sha256']})."
-    columns = {"train s/run": ("fit_seconds_per_run", ".1f")}
+    columns = {"train s/run": ("fit_seconds_per_run", ".1f"), "run s/run": ("wall_seconds_per_run", ".1f")}
     write_table(summary, path, seeds, "Few-shot adaptation benchmark", intro, "trainable params", columns)
 
 

@@ -325,6 +325,12 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
     assert summary["settings"]["test_limit"] == 20
     table = (tmp_path / "fewshot.md").read_text()
     assert "| route-only | 8 |" in table and "eprstmt" in table
+    # Run time covers the whole run (split, preparation, training, test), so it is above the training time.
+    walls = [json.loads((tmp_path / f"fewshot/route-only/{t}/seed0.json").read_text())["wall_seconds"]
+             for t in ("eprstmt", "bustm")]  # fmt: skip
+    assert route["wall_seconds_per_run"] == pytest.approx(sum(walls) / 2)
+    assert route["wall_seconds_per_run"] > route["fit_seconds_per_run"]
+    assert "| train s/run | run s/run |" in table
     # The floor: the most frequent label's share of the 20 scored test examples (12 negative, 11 not paraphrases).
     assert summary["majority"] == {"eprstmt": pytest.approx(0.6), "bustm": pytest.approx(0.55)}
     assert "| *majority label* | 0 | 60.0 | 55.0 | 57.5 |" in table
