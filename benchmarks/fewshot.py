@@ -109,9 +109,9 @@ def write_markdown(summary: dict, path: Path, seeds: int) -> None:
     intro = (
         f"Backbone `{summary['backbone']}`, bank `{summary['bank']}`. {summary['metric']} "
         f"({seeds} seeds; a cell over fewer seeds shows their count). Train time is the wall time of one run's "
-        "training with its dev evaluations; run time is the whole run's, which adds loading the split, the "
-        "method's preparation (Child-Tuning_D's Fisher pass over the whole training split) and scoring the test "
-        "set. Both are averaged over runs."
+        "training with its dev evaluations; run time is the whole run's, which adds loading the split, building "
+        "the method (the full-model methods copy the backbone), its preparation (Child-Tuning_D's Fisher pass over "
+        "the whole training split) and scoring the test set. Both are averaged over runs."
     )
     for model in summary["prefinetuned"]:
         where = Path(model["path"])
