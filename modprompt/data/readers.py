@@ -1,16 +1,21 @@
-"""Readers for the raw task files: JSON lines, whole JSON, CSV/TSV, blank-line separated records, zip members, xlsx.
+"""Readers for the raw task files: JSON lines, whole JSON, SQuAD-style QA, CSV/TSV, blank-line separated
+records, zip members, xlsx, Parquet and folders written by 🤗 ``datasets``' ``save_to_disk``.
 
 Every reader yields ``(where, record)`` pairs, ``where`` being the 1-based line number of the record (the
-record's first line for multi-line records) or, for whole-JSON lists and spreadsheets, the 0-based record
-index or 1-based row. Anything wrong with a record raises :class:`DataError`, which names the file, the line
+record's first line for multi-line records) or, for whole-JSON lists, SQuAD questions, Parquet and
+``datasets`` rows, the 0-based record index, and for spreadsheets the 1-based row. Parquet and ``datasets``
+need the ``formats`` extra (``pip install 'modprompt[formats]'``); they are imported only when such a file
+is read. Anything wrong with a record raises :class:`DataError`, which names the file, the line
 (or record) and what is wrong; converters raise it too, e.g. for an unknown label.
 
 Lenient mode (``lenient=True``): a record that cannot be parsed (a broken JSON line, a row with the wrong
 number of fields, ...) is skipped instead of raising; the skipped records are counted and, once the file
 has been read, the count is logged with ``logging.warning`` together with the file name and the first
-problem. :func:`convert_records` applies the same rule to records that parse but cannot be converted (an
+problems. :func:`convert_records` applies the same rule to records that parse but cannot be converted (an
 unknown label, a missing field). Strict mode (the default) stops at the first bad record, so nothing is
 lost silently. A missing file is always an error (:class:`FileNotFoundError` naming the path).
+:func:`collect_skips` hands the skipped records' errors to a caller that reports them (``modprompt tasks
+--check``, the ``skipped`` entry of the ``adapt``/``predict``/``bbt`` results).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import json
 import logging
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,36 +37,78 @@ T = TypeVar("T")
 
 
 class DataError(ValueError):
-    """A malformed record or file; the message names the file, the line or record, and the problem."""
+    """A malformed record or file; the message names the file, the line or record, and the problem.
 
-    def __init__(self, path: str | Path, where: int | None, message: str, *, unit: str = "line") -> None:
+    ``item`` is the position of an example inside its record, for records that hold several (a passage
+    with its questions: ``modprompt.data.spec``'s ``expand``).
+    """
+
+    def __init__(
+        self, path: str | Path, where: int | None, message: str, *, unit: str = "line", item: int | None = None
+    ) -> None:
         self.path = str(path)
         self.where = where
+        self.item = item
         self.problem = message
         place = self.path if where is None else f"{self.path}, {unit} {where}"
+        if item is not None:
+            place += f", item {item}"
         super().__init__(f"{place}: {message}")
 
 
-class _Skips:
-    """Counts the records skipped in lenient mode for one file and logs the count once."""
+#: how many problems a lenient-mode warning quotes (the count covers all of them)
+QUOTED_PROBLEMS = 3
+
+_collected: ContextVar[list[DataError] | None] = ContextVar("modprompt_skipped_records", default=None)
+
+
+@contextmanager
+def collect_skips() -> Iterator[list[DataError]]:
+    """Within the block, every record a lenient reader or converter skips is appended to the yielded list.
+
+    Loaders memoise what they read (``modprompt.data.builtin.convert.cached``): a split read before the
+    block is not read again and adds nothing.
+    """
+    skipped: list[DataError] = []
+    token = _collected.set(skipped)
+    try:
+        yield skipped
+    finally:
+        _collected.reset(token)
+
+
+def skip_summary(skipped: Sequence[DataError], quoted: int = 5) -> dict[str, Any]:
+    """``{"records": n, "first": [...]}``: how many records were skipped and the first problems, as text."""
+    return {"records": len(skipped), "first": [str(e) for e in skipped[:quoted]]}
+
+
+class Skips:
+    """Counts the records skipped in lenient mode for one file and logs the count once (strict: raises)."""
 
     def __init__(self, path: str, lenient: bool) -> None:
         self.path = path
         self.lenient = lenient
         self.count = 0
-        self.first: DataError | None = None
+        self.quoted: list[DataError] = []
 
     def bad(self, error: DataError) -> None:
+        """Raise ``error`` in strict mode; count it (and hand it to :func:`collect_skips`) in lenient mode."""
         if not self.lenient:
             raise error
         self.count += 1
-        self.first = self.first or error
+        if len(self.quoted) < QUOTED_PROBLEMS:
+            self.quoted.append(error)
+        collected = _collected.get()
+        if collected is not None:
+            collected.append(error)
 
     def report(self, what: str = "malformed") -> None:
         if self.count:
+            more = f" (and {self.count - len(self.quoted)} more)" if self.count > len(self.quoted) else ""
             logger.warning(
-                "%s: lenient mode skipped %d %s record(s); first: %s", self.path, self.count, what, self.first
-            )
+                "%s: lenient mode skipped %d %s record(s): %s%s",
+                self.path, self.count, what, "; ".join(map(str, self.quoted)), more,
+            )  # fmt: skip
 
 
 def display_name(path: str | Path, member: str | None = None) -> str:
@@ -93,10 +142,15 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
         yield number, line.rstrip("\r")
 
 
-def read_jsonl(path: str | Path, *, lenient: bool = False) -> Iterator[tuple[int, dict]]:
-    """One JSON object per line; blank lines are ignored."""
+def _record_types(arrays: bool) -> tuple[tuple[type, ...], str]:
+    return ((dict, list), "a JSON object or array") if arrays else ((dict,), "a JSON object")
+
+
+def read_jsonl(path: str | Path, *, lenient: bool = False, arrays: bool = False) -> Iterator[tuple[int, Any]]:
+    """One JSON object per line (``arrays``: or a JSON array); blank lines are ignored."""
     name = str(path)
-    skips = _Skips(name, lenient)
+    skips = Skips(name, lenient)
+    types, expected = _record_types(arrays)
     for number, line in _lines(read_text(path)):
         if not line.strip():
             continue
@@ -105,8 +159,8 @@ def read_jsonl(path: str | Path, *, lenient: bool = False) -> Iterator[tuple[int
         except json.JSONDecodeError as e:
             skips.bad(DataError(name, number, f"invalid JSON ({e.msg} at column {e.colno})"))
             continue
-        if not isinstance(record, dict):
-            skips.bad(DataError(name, number, f"expected a JSON object, got {type(record).__name__}"))
+        if not isinstance(record, types):
+            skips.bad(DataError(name, number, f"expected {expected}, got {type(record).__name__}"))
             continue
         yield number, record
     skips.report()
@@ -122,16 +176,108 @@ def read_json(path: str | Path) -> Any:
 
 def read_json_records(path: str | Path, *, lenient: bool = False) -> Iterator[tuple[int, dict]]:
     """A whole-JSON file holding a list of objects; ``where`` is the 0-based index in that list."""
-    document = read_json(path)
-    if not isinstance(document, list):
-        raise DataError(path, None, f"expected a JSON list of records, got {type(document).__name__}")
-    skips = _Skips(str(path), lenient)
-    for index, record in enumerate(document):
-        if not isinstance(record, dict):
-            skips.bad(DataError(path, index, f"expected a JSON object, got {type(record).__name__}", unit="record"))
+    return json_records(path, read_json(path), lenient=lenient)
+
+
+def json_records(
+    path: str | Path, records: Any, *, lenient: bool = False, arrays: bool = False, what: str = "the file"
+) -> Iterator[tuple[int, Any]]:
+    """The records of a JSON list ``records`` read from ``path`` (``what`` says where the list was found).
+
+    Every record must be an object (``arrays``: or an array); ``where`` is the 0-based index in the list.
+    """
+    if not isinstance(records, list):
+        found = "nothing" if records is None else f"a {type(records).__name__}"
+        raise DataError(path, None, f"expected a JSON list of records in {what}, found {found}")
+    return _checked_records(str(path), records, lenient, arrays)
+
+
+def _checked_records(name: str, records: list, lenient: bool, arrays: bool) -> Iterator[tuple[int, Any]]:
+    skips = Skips(name, lenient)
+    types, expected = _record_types(arrays)
+    for index, record in enumerate(records):
+        if not isinstance(record, types):
+            skips.bad(DataError(name, index, f"expected {expected}, got {type(record).__name__}", unit="record"))
             continue
         yield index, record
     skips.report()
+
+
+def read_squad(path: str | Path, *, lenient: bool = False) -> Iterator[tuple[int, dict]]:
+    """A SQuAD-style QA file (``data`` -> ``paragraphs`` -> ``qas``) flattened into one record per question.
+
+    A record is the question object with its paragraph's ``context`` added; ``where`` counts questions
+    from 0 over the file. What a question must hold is the converter's business (it honours lenient
+    mode); only the nesting is checked here.
+    """
+    del lenient  # a malformed question is reported by the converter
+    document = read_json(path)
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise DataError(path, None, "expected a SQuAD-style object with a 'data' list")
+    index = 0
+    for a, article in enumerate(document["data"]):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            raise DataError(path, None, f"data[{a}] should be an object with a 'paragraphs' list")
+        for p, paragraph in enumerate(paragraphs):
+            questions = paragraph.get("qas") if isinstance(paragraph, dict) else None
+            if not isinstance(questions, list):
+                raise DataError(path, None, f"data[{a}].paragraphs[{p}] should be an object with a 'qas' list")
+            for qa in questions:
+                yield index, {**qa, "context": paragraph.get("context")} if isinstance(qa, dict) else qa
+                index += 1
+
+
+def read_parquet(path: str | Path, *, lenient: bool = False) -> Iterator[tuple[int, dict]]:
+    """The rows of a Parquet file as dicts (nested columns as dicts and lists); ``where`` is the 0-based row."""
+    del lenient  # every row of a readable Parquet file is a well-formed record
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    pq = _optional("pyarrow.parquet", "Parquet files")
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises its own ArrowInvalid / OSError variants
+        raise DataError(path, None, f"not a readable Parquet file ({e})") from None
+    index = 0
+    for batch in table.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            yield index, row
+            index += 1
+
+
+def read_saved_dataset(
+    path: str | Path, *, split: str | None = None, lenient: bool = False
+) -> Iterator[tuple[int, dict]]:
+    """The rows of a folder written by ``datasets``' ``save_to_disk``; ``where`` is the 0-based row.
+
+    A folder holding a ``DatasetDict`` (``dataset_dict.json``) gives its ``split`` member.
+    """
+    del lenient  # as for Parquet: the rows are typed, so each one is a well-formed record
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {path}")
+    datasets = _optional("datasets", "folders written by datasets' save_to_disk")
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise DataError(path, None, f"not a folder written by save_to_disk ({e})") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise DataError(path, None, f"the saved DatasetDict has no split {split!r}; it has {sorted(dataset)}")
+        dataset = dataset[split]
+    for index, row in enumerate(dataset):
+        yield index, row
+
+
+def _optional(module: str, what: str):
+    """Import an optional dependency, or say which extra brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"reading {what} needs {module.split('.')[0]}: pip install 'modprompt[formats]'") from None
 
 
 def read_delimited(
@@ -153,7 +299,7 @@ def read_delimited(
     """
     name = display_name(path, member)
     text = read_text(path, member)
-    skips = _Skips(name, lenient)
+    skips = Skips(name, lenient)
     if quoted is None:
         quoted = delimiter == ","
     rows = _csv_rows(text, delimiter, name) if quoted else _split_lines(text, delimiter)
@@ -247,7 +393,7 @@ def convert_records(
     turned into a :class:`DataError` naming the file and line first.
     """
     name = str(path)
-    skips = _Skips(name, lenient)
+    skips = Skips(name, lenient)
     out: list[T] = []
     for where, record in rows:
         try:

@@ -11,31 +11,16 @@ trial questions are empty and are dropped as ``empty text``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 from modprompt.data.builtin.convert import cached, extractive_example, load_files, source_of, text_field, tidy
 from modprompt.data.mrc import Role, TaskKind
-from modprompt.data.readers import DataError, read_json
+from modprompt.data.readers import DataError, read_squad
 from modprompt.data.task import Task, register
 
 REPO = "ymcui/cmrc2018"
 ROOT = "ymcui+cmrc2018/squad-style-data"
 FILES = {"train": "cmrc2018_dev.json", "dev": "cmrc2018_trial.json"}
-
-
-def _questions(path: Path, *, lenient: bool) -> Iterator[tuple[int, dict]]:
-    """Flatten the SQuAD nesting into one record per question; ``where`` counts questions from 0."""
-    del lenient  # a malformed question is reported by the converter, which honours lenient mode
-    document = read_json(path)
-    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
-        raise DataError(path, None, "expected a SQuAD-style object with a 'data' list")
-    index = 0
-    for article in document["data"]:
-        for paragraph in article.get("paragraphs", []):
-            for qa in paragraph.get("qas", []):
-                yield index, {**qa, "context": paragraph.get("context")}
-                index += 1
 
 
 def _make(path: Path, rel: str):
@@ -64,7 +49,7 @@ def _loader(split: str):
     rel = f"{ROOT}/{FILES[split]}"
     return cached(
         lambda root, lenient: load_files(
-            f"cmrc2018/{split}", [(root / rel, rel)], _questions, _make, lenient, unit="question"
+            f"cmrc2018/{split}", [(root / rel, rel)], read_squad, _make, lenient, unit="question"
         )
     )
 

@@ -127,11 +127,13 @@ def clean(
     name: str,
     *,
     null_option: str | None = None,
+    counts: Counter[str] | None = None,
 ) -> list[MRCExample]:
     """Apply the cleaning rules of this module's docstring to one split, logging what was removed.
 
     ``examples`` may contain :class:`Drop` markers from the converter; they are counted with the rest.
-    ``null_option`` marks a multi-label relation task and names its null relation.
+    ``null_option`` marks a multi-label relation task and names its null relation. ``counts``, if given,
+    is updated with the number of examples removed per reason (for reports such as ``tasks --check``).
     """
     dropped: Counter[str] = Counter()
     # An input is (query, passage, options) without whitespace. Options are compared as given, through a small
@@ -175,6 +177,8 @@ def clean(
                 dropped["null relation beside a real one"] += 1
                 continue
         kept.append(example)
+    if counts is not None:
+        counts.update(dropped)
     if dropped:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(dropped.items()))
         logger.info("%s: kept %d of %d records (%s)", name, len(kept), len(kept) + sum(dropped.values()), reasons)
@@ -190,19 +194,20 @@ def load_files(
     *,
     unit: str = "line",
     null_option: str | None = None,
+    counts: Counter[str] | None = None,
 ) -> list[MRCExample]:
     """Read, convert and clean the files ``(path, path relative to the data root)`` that make up one split.
 
     ``read(path, lenient=...)`` yields the rows of a file and ``make_convert(path, rel)`` gives the row
     converter for it (see :func:`modprompt.data.readers.convert_records`). The files are cleaned together,
-    so copies shared between them count as duplicates.
+    so copies shared between them count as duplicates. ``counts`` as for :func:`clean`.
     """
     converted: list[MRCExample | Drop] = []
     for path, rel in files:
         converted += convert_records(
             path, read(path, lenient=lenient), make_convert(path, rel), lenient=lenient, unit=unit
         )
-    return clean(converted, name, null_option=null_option)
+    return clean(converted, name, null_option=null_option, counts=counts)
 
 
 def cached(loader: Callable[[Path, bool], Sequence[MRCExample]]) -> Callable[[Path, bool], list[MRCExample]]:
