@@ -2,8 +2,9 @@
 
 Records are read with the task spec's reader and fields (:mod:`modprompt.data.spec`), but, unlike
 training data, a record may leave out its label or answer, and no record is ever dropped or merged:
-line i of the output answers record i of the input. A malformed record stops with an error naming the
-file and line.
+line i of the output answers record i of the input (example i, for a spec whose ``expand`` makes several
+of a record; ``source`` names both). A malformed record stops with an error naming the file and line,
+unless ``lenient`` skips it (counted in the summary's ``skipped``).
 
 A built-in task has no spec; its records are JSON lines (or JSON, CSV, TSV with a header row) with
 these fields:
@@ -23,19 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from modprompt.adapt.methods import AdaptMethod
-from modprompt.data.builtin.convert import (
-    LabelSet,
-    choice_index,
-    extractive_example,
-    options_field,
-    pair_passage,
-    source_of,
-    text_field,
-    tidy,
-)
 from modprompt.data.mrc import MRCExample, TaskKind
-from modprompt.data.readers import DataError, convert_records
-from modprompt.data.spec import FORMATS, TaskSpec, read_spec, record_reader
+from modprompt.data.readers import DataError, collect_skips, skip_summary
+from modprompt.data.spec import FORMATS, TaskSpec, read_file, read_spec
 from modprompt.data.task import Task, get_task
 from modprompt.evaluate import Prediction, predict, score
 
@@ -80,52 +71,15 @@ def record_spec(
     return builtin_record_spec(get_task(adapted["task"]), input_path)
 
 
-def _converter(spec: TaskSpec, path: Path, unit: str):
-    """Record -> MRCExample for ``spec``, with the label or answer optional."""
-    rel = str(path)
-    labels = LabelSet.of(spec.label_words) if spec.label_words else None
+def read_records(path: str | Path, spec: TaskSpec, lenient: bool = False) -> list[MRCExample]:
+    """Every record of ``path`` as an example of ``spec``'s task, in file order, labelled or not.
 
-    def convert(where: int, record: dict[str, Any]) -> MRCExample:
-        def field(name: str) -> str:
-            return text_field(record, name, path, where, unit)
-
-        source = source_of(rel, where)
-        if spec.kind is TaskKind.EXTRACTIVE_QA:
-            context, question = field(spec.context_field), tidy(field(spec.question_field))
-            answers = record.get(spec.answer_field)
-            if answers is None:
-                return MRCExample(spec.name, question, context, texts=(question, context), source=source)
-            answers = [answers] if isinstance(answers, str) else answers
-            if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-                raise DataError(
-                    path, where, f"field {spec.answer_field!r} should be a text or a list of texts", unit=unit
-                )
-            example = extractive_example(spec.name, question, context, answers, None, source)
-            if not isinstance(example, MRCExample):
-                raise DataError(path, where, f"answer {answers[0]!r} does not occur in the context", unit=unit)
-            return example
-        texts = tuple(tidy(field(k)) for k in spec.text_fields)
-        passage = texts[0] if len(texts) == 1 else pair_passage(*texts)
-        if spec.kind is TaskKind.MULTIPLE_CHOICE:
-            options = options_field(record, spec.options_field, path, where, unit)
-            answer = record.get(spec.answer_field)
-            label = None if answer is None else choice_index(options, answer, path, where, unit)
-            query = field(spec.question_field) if spec.question_field else spec.instruction
-            return MRCExample(spec.name, query, passage, options, label, texts=texts, source=source)
-        raw = record.get(spec.label_field)
-        label = None if raw is None or raw == "" else labels.index(raw, path, where, unit)
-        return MRCExample(spec.name, spec.instruction, passage, labels.words, label, texts=texts, source=source)
-
-    return convert
-
-
-def read_records(path: str | Path, spec: TaskSpec) -> list[MRCExample]:
-    """Every record of ``path`` as an example of ``spec``'s task, in file order, labelled or not."""
+    ``lenient`` (or the spec's ``lenient``) skips malformed records, counted in the log, instead of stopping.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"input file not found: {path}")
-    read, unit = record_reader(spec, path)
-    return convert_records(path, read(path, lenient=False), _converter(spec, path, unit), unit=unit)
+    return read_file(spec, path, labelled=False, lenient=lenient or spec.lenient)
 
 
 def _record(prediction: Prediction) -> dict:
@@ -141,15 +95,22 @@ def _record(prediction: Prediction) -> dict:
 
 
 def predict_file(
-    method: AdaptMethod, input_path: str | Path, output_path: str | Path, spec: TaskSpec, batch_size: int = 16
+    method: AdaptMethod,
+    input_path: str | Path,
+    output_path: str | Path,
+    spec: TaskSpec,
+    batch_size: int = 16,
+    lenient: bool = False,
 ) -> dict:
     """Predict every record of ``input_path``, write JSON lines to ``output_path``; returns a summary.
 
-    The summary's ``metrics`` score the labelled records only (empty when none is labelled).
+    The summary's ``metrics`` score the labelled records only (empty when none is labelled); ``skipped``
+    counts the malformed records that ``lenient`` (or the spec's ``lenient``) left out, with the first problems.
     """
     if spec.name != method.task:
         raise ValueError(f"the records are for task {spec.name!r}, but this was adapted to {method.task!r}")
-    examples = read_records(input_path, spec)
+    with collect_skips() as skipped:
+        examples = read_records(input_path, spec, lenient)
     if not examples:
         raise ValueError(f"{input_path} holds no records")
     predictions = predict(method.forward, method.encoder(), examples, batch_size)
@@ -167,4 +128,5 @@ def predict_file(
         "records": len(predictions),
         "labelled": len(labelled),
         "metrics": score(labelled) if labelled else {},
+        "skipped": skip_summary(skipped),
     }
