@@ -7,10 +7,11 @@ objects travel as JSON between :mod:`modprompt.blackbox.client` and :mod:`modpro
 A candidate is read in a *space*:
 
 * ``bank`` (MP2): layer ``l``'s intrinsic prompt is the routed mix of the bank's modules,
-  ``Σ_k w[l, k] Z[l, k]`` with ``w = normalise(sigmoid(router))``, plus the candidate's offset
+  ``Σ_k w[l, k] Z[l, k]`` with ``w = route_weights(router)`` (the sigmoids, normalised), plus the candidate's offset
   ``intrinsic[l]`` (``n × r`` numbers, row-major); the bank's learned projection lifts it to the layer's
-  prompt. Without a router the mix is zero, without an offset the offset is zero, so starting CMA-ES at
-  offset 0 starts it at the routed mix, which only the server knows.
+  prompt. Without a router the mix is zero, without an offset the offset is zero. So a candidate with no
+  router (and a base without one) states each layer's intrinsic vector itself: that is how ``mp2-bb``
+  searches MP2's bounded intrinsic vectors, started at :func:`routed_mix` of the chosen router.
 * ``random`` (BBT, BBTv2): layer ``l``'s prompt is ``A_l z_l`` with ``z_l = intrinsic[l]`` (``dim``
   numbers) and ``A_l`` a fixed random projection drawn from ``seed``; layers without a vector get no
   prompt. There is no router.
@@ -25,6 +26,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from modprompt.data.mrc import MRCExample
 
@@ -199,3 +202,23 @@ def merge_results(parts: Sequence[ScoreReply]) -> list[CandidateResult]:
         scores = None if any(r.scores is None for r, _ in pieces) else [s for r, _ in pieces for s in r.scores]
         merged.append(CandidateResult(loss, accuracy, scores))
     return merged
+
+
+def routed_mix(modules: np.ndarray, router: Sequence | np.ndarray) -> np.ndarray:
+    """Each layer's routed intrinsic prompt, flattened: ``(layers, n × r)``.
+
+    ``modules`` are the bank's intrinsic module matrices ``Z`` of shape ``(layers, K, n, r)``; ``router``
+    is K logits (shared by every layer) or layers × K. Each module's weight is its sigmoid selection over
+    their sum, as the router weighs modules at inference (computed in log space, so that very negative
+    logits cannot underflow to a zero sum), in float32 as the scorer mixes, so the result is the scorer's
+    mix to rounding. Plain numpy: a client that only calls a served model need not import torch.
+    """
+    modules = np.asarray(modules, dtype=np.float32)
+    layers, k = modules.shape[:2]
+    logits = np.asarray(router, dtype=np.float32)
+    if logits.shape not in ((k,), (layers, k)):
+        raise ValueError(f"router of shape {logits.shape} for {layers} layers of {k} modules")
+    log_selection = -np.logaddexp(np.float32(0), -logits)  # log sigmoid
+    weights = np.exp(log_selection - log_selection.max(-1, keepdims=True))
+    weights = np.broadcast_to(weights / weights.sum(-1, keepdims=True), (layers, k))
+    return np.einsum("lk,lknr->lnr", weights, modules).reshape(layers, -1)
