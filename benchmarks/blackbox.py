@@ -7,7 +7,10 @@ a running ``modprompt serve`` of the same bank instead. Each (method, task, seed
 ``RESULTS/NAME/<method>/<task>/seed<seed>.json`` as soon as it finishes, and each run's optimiser state to
 ``--work`` after every generation, so a stopped benchmark continues where it stopped, even mid-run. The
 stored results are aggregated to ``RESULTS/NAME.json``, ``RESULTS/NAME.md`` and ``RESULTS/NAME.png`` in the
-layout of ``benchmarks/fewshot.py`` (mean ± sample std over seeds per task and their average), with the calls per run.
+layout of ``benchmarks/fewshot.py`` (mean ± sample std over seeds per task and their average), with the calls per run
+and each method's train-set evaluations against the budget its own paper reports results at: every method gets
+the same budget here, so the table says what share of its own each one had (a share well below 100% is that
+method's search cut short, not the method's performance).
 
     python benchmarks/blackbox.py --bank runs/pretrain-gemma/bank --preset cpu --test-limit 300
     python benchmarks/blackbox.py --bank BANK --methods mp2-bb --tasks eprstmt --seeds 0 1 --aggregate-only
@@ -17,23 +20,25 @@ layout of ``benchmarks/fewshot.py`` (mean ± sample std over seeds per task and 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import statistics
 import sys
 from pathlib import Path
 
 from result_grid import ResultGrid, add_grid_arguments, run_grid, write_table
 
 from modprompt.adapt.methods import BANK_WEIGHTS, file_sha256
-from modprompt.blackbox.tune import METHODS, PRESETS, TuneConfig, tune_task
+from modprompt.blackbox.tune import METHODS, PAPER_BUDGETS, PRESETS, TuneConfig, load_bank_modules, tune_task
 
 logger = logging.getLogger("blackbox")
 
 #: TuneConfig fields the benchmark sets from its arguments, the same for every method and seed
 SHARED = {
-    "router": str, "router_evaluations": int, "router_initial_points": int, "prompt_evaluations": int,
-    "popsize": int, "bound": float, "dim": int, "dev_every": int, "k_per_label": int, "test_limit": int,
-    "dev_limit": int,
+    "router": str, "router_evaluations": int, "router_initial_points": int, "router_kappa": float,
+    "router_dev_every": int, "prompt_evaluations": int, "popsize": int, "bound": float, "bound_on": str,
+    "dim": int, "dev_every": int, "k_per_label": int, "test_limit": int, "dev_limit": int,
 }  # fmt: skip
 
 
@@ -64,10 +69,13 @@ def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
     shape = [info.num_layers, info.num_modules, info.num_tokens, info.rank]
     bank_sha256 = file_sha256(Path(args.bank) / BANK_WEIGHTS)
     grid.check_identity({"bank_sha256": bank_sha256, "backbone": info.backbone["name"], "shape": shape})
+    # A served model does not send its bank's modules; mp2-bb reads them from --bank (the served bank) to
+    # start its stage 2 at their routed mix. In-process, tune reads the scorer's own.
+    modules = load_bank_modules(args.bank) if args.server else None
     for i, (config, task, path) in enumerate(todo, 1):
         logger.info("[%d/%d] %s on %s, seed %d", i, len(todo), config.method, task, config.seed)
         state = args.work / args.name / config.method / task / f"seed{config.seed}.pkl"
-        result = tune_task(objective, task, args.data, config, state)
+        result = tune_task(objective, task, args.data, config, state, modules)
         result["server"] = args.server or "in-process"
         grid.store(path, result, None if args.server else args.device)
         logger.info("  %s: metric %.4f, %d calls, %.0f s", path.relative_to(grid.root), result["metric"],
@@ -75,13 +83,29 @@ def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
 
 
 def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:
-    """Mean ± sample std over the stored seeds of each (method, task), and per-method summaries."""
-    return grid.summary(
+    """Mean ± sample std over the stored seeds of each (method, task), per-method summaries, and each
+    method's train-set evaluations per run against the budget its own paper reports results at."""
+    summary = grid.summary(
         {"train_seconds": "train_seconds_per_run", "calls": "calls_per_run"},
         metric="accuracy on the test set, mean ± sample std over seeds",
         bank=args.bank,
         server=args.server or "in-process",
     )
+    for method, entry in summary["methods"].items():
+        # Counted from each stored result's evaluations, which results stored before "budget" also hold.
+        spent = []
+        for task in grid.tasks:
+            for seed in grid.seeds:
+                path = grid.path(method, task, seed)
+                if path.is_file():
+                    evaluations = json.loads(path.read_text())["evaluations"]
+                    spent.append(evaluations["router"] + evaluations["prompt"])
+        paper = PAPER_BUDGETS[method]
+        entry["evaluations_per_run"] = statistics.fmean(spent) if spent else None
+        entry["paper_budget"] = paper["router"] + paper["prompt"]
+        entry["paper_budget_source"] = paper["source"]
+        entry["budget_share"] = entry["evaluations_per_run"] / entry["paper_budget"] if spent else None
+    return summary
 
 
 def write_markdown(summary: dict, path: Path, seeds: int) -> None:
@@ -89,10 +113,35 @@ def write_markdown(summary: dict, path: Path, seeds: int) -> None:
         f"Backbone `{summary['backbone']}`, bank `{summary['bank']}`, scored {summary['server']}. "
         f"{summary['metric']} ({seeds} seeds; a cell over fewer seeds shows their count). Calls are score "
         "requests (train, dev and test; a population is one call); train time is the wall time of one run's "
-        "optimisation with its dev evaluations, averaged over runs."
+        "optimisation with its dev evaluations, averaged over runs.\n\n"
+        "**Budgets.** Every method had the same budget: `evaluations/run` train-set evaluations (router and prompt "
+        "candidates; dev and test scoring not counted). Each method's own paper reports its results at a larger "
+        "one (`paper's budget`; sources below the table), and `share` is the part of it these runs had. A row "
+        "well below 100% is that method's search cut short, not the method's performance: BBT and BBTv2 at 4.5% "
+        "of their 8,000 calls (BBTv2: 20 evaluations per layer here against 320 on its 24-layer model) say "
+        "nothing about BBT or BBTv2 at their budgets."
     )
-    columns = {"calls/run": ("calls_per_run", ".0f"), "train s/run": ("train_seconds_per_run", ".1f")}
+    settings = summary.get("settings") or {}
+    if settings.get("bound_on") == "offset" and settings.get("router_dev_every") is None:
+        intro += (
+            "\n\n**Settings of before mp2-bb followed MP2's script** (these runs were stored then; the settings "
+            "line reads them as they ran): `router_dev_every: null`, the router of lowest train loss was kept "
+            "(MP2 keeps the dev-best); `router_kappa: null`, scikit-optimize's default acquisition (MP2: UCB, "
+            "κ = 2); `sigma_first: \"same\"`, σ 0.1 at every layer (MP2: 0.5 at the first); `bound_on: "
+            "\"offset\"`, ±5 bounded the offset from the routed mix (MP2 bounds the intrinsic vector)."
+        )
+    columns = {
+        "calls/run": ("calls_per_run", ".0f"),
+        "train s/run": ("train_seconds_per_run", ".1f"),
+        "evaluations/run": ("evaluations_per_run", ".0f"),
+        "paper's budget": ("paper_budget", ","),
+        "share": ("budget_share", ".1%"),
+    }
     write_table(summary, path, seeds, "Black-box few-shot benchmark", intro, "searched numbers", columns)
+    sources = [f"- {method}: {entry['paper_budget_source']}" for method, entry in summary["methods"].items()]
+    with path.open("a") as handle:
+        handle.write("\n*paper's budget*, the train-set evaluations each method's own work reports results at:\n\n")
+        handle.write("\n".join(sources) + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

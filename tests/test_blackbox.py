@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from blackbox_helpers import MAX_LENGTH, examples, tiny_bank
 
 from modprompt.backbone import load_backbone
 from modprompt.blackbox.cache import LRUBytes, _Replay
-from modprompt.blackbox.objective import InProcessObjective
-from modprompt.blackbox.params import Candidate, Space
+from modprompt.blackbox.objective import InProcessObjective, Objective
+from modprompt.blackbox.params import Candidate, CandidateResult, ModelInfo, ScoreReply, Space, routed_mix
+from modprompt.blackbox.router_bo import RouterSearch
 from modprompt.blackbox.scoring import ParameterError, Scorer
-from modprompt.blackbox.tune import TuneConfig, tune
+from modprompt.blackbox.state import load_state
+from modprompt.blackbox.tune import TuneConfig, bank_modules, tune
+from modprompt.cli import main
 from modprompt.data.mrc import MRCExample
 from modprompt.evaluate import predict, score
 from modprompt.modular.model import ModularPromptModel
@@ -165,11 +171,12 @@ class _Dropping(InProcessObjective):
 def test_interrupted_mp2_run_resumes_to_the_same_result(banks, splits, tmp_path):
     scorer = _scorer(_model(banks, "decoder"))
     train, dev, test = splits
-    config = TuneConfig("mp2-bb", seed=1, router_evaluations=4, router_initial_points=3, prompt_evaluations=24,
-                        popsize=4, dev_every=2)  # fmt: skip
+    config = TuneConfig("mp2-bb", seed=1, router_evaluations=4, router_initial_points=3, router_dev_every=2,
+                        prompt_evaluations=24, popsize=4, dev_every=2)  # fmt: skip
     straight = tune(InProcessObjective(scorer), "eprstmt", train, dev, test, config, tmp_path / "straight.pkl")
 
-    # Two drops: one in stage 1 (the 3rd router call), one in stage 2; each restart resumes from the file.
+    # Two drops: one in stage 1 (the dev check of the 2nd router, after its train call), one in stage 2's
+    # first generation; each restart resumes from the file.
     dropping = _Dropping(scorer, fail_on={3, 9})
     for _ in range(2):
         with pytest.raises(ConnectionError):
@@ -178,29 +185,206 @@ def test_interrupted_mp2_run_resumes_to_the_same_result(banks, splits, tmp_path)
 
     assert resumed["sessions"] == 3 and straight["sessions"] == 1
     same = ("parameters", "history", "evaluations", "examples_seen", "metric", "best_dev", "trainable_parameters",
-            "calls", "tokens")  # calls of a dropped generation are not counted twice
+            "calls", "tokens", "router", "budget")  # calls of a dropped generation are not counted twice
     for key in same:
         assert resumed[key] == straight[key], key
-    assert straight["evaluations"] == {"router": 4, "prompt": 24, "dev": 4, "test": 1}  # dev: stage 1 + 3 rounds
+    # dev: routers 2 and 4, then generations 2, 4 and 6 (3 rounds over 2 layers)
+    assert straight["evaluations"] == {"router": 4, "prompt": 24, "dev": 5, "test": 1}
     assert straight["examples_seen"] == (4 + 24) * len(train)
-    assert straight["trainable_parameters"] == 8 + 2 * 16  # shared router + two layers of n × r
-    assert len(straight["parameters"]["router"]) == 8 and set(straight["parameters"]["intrinsic"]) == {"0", "1"}
+    assert straight["trainable_parameters"] == 2 * 8 + 2 * 16  # a router per layer + two layers of n × r
+    assert np.shape(straight["router"]) == (2, 8)
+    assert straight["budget"]["evaluations"] == 28 and straight["budget"]["paper"] == 3100
     assert straight["test"]["examples"] == len(test) and 0 <= straight["metric"] <= 1
     with pytest.raises(ValueError, match="other config"):
         other = TuneConfig("mp2-bb", seed=2)
         tune(InProcessObjective(scorer), "eprstmt", train, dev, test, other, tmp_path / "straight.pkl")
 
 
-def test_per_layer_router_search(banks, splits):
+class _Recording(InProcessObjective):
+    """Keeps each train-set candidate as the scorer reads it: every layer's intrinsic vector (mix + numbers)."""
+
+    def __init__(self, scorer) -> None:
+        super().__init__(scorer)
+        self.modules = scorer.model.bank.modules_z.detach().numpy()
+        self.train_id: str | None = None
+        self.vectors: list[np.ndarray] = []
+
+    def _score(self, part, candidates, space, base, with_scores):
+        self.train_id = self.train_id or part  # tune uploads (and first scores) the train set first
+        if part == self.train_id and space.kind == "bank":
+            for candidate in candidates:
+                full = candidate.over(base)
+                vectors = np.zeros((len(self.modules), self.modules[0, 0].size))
+                if full.router is not None:
+                    vectors += routed_mix(self.modules, full.router)
+                for layer, values in full.intrinsic.items():
+                    vectors[layer] += values
+                self.vectors.append(vectors)
+        return super()._score(part, candidates, space, base, with_scores)
+
+
+@pytest.mark.parametrize("bound_on", ["intrinsic", "offset"])
+def test_the_bound_bounds_the_searched_intrinsic_vector(banks, splits, bound_on):
     scorer = _scorer(_model(banks, "decoder"))
     train, dev, test = splits
-    config = TuneConfig("mp2-bb", router="per_layer", router_evaluations=2, router_initial_points=2,
-                        prompt_evaluations=0)  # fmt: skip
-    result = tune(InProcessObjective(scorer), "eprstmt", train, dev, test, config)
-    router = np.array(result["parameters"]["router"])
-    assert router.shape == (2, 8) and np.abs(router).max() <= 5
-    assert result["trainable_parameters"] == 2 * 8  # no prompt generations: only the router was searched
+    objective = _Recording(scorer)
+    # A wide search (σ 4 at a ±5 bound) so that many numbers are pushed against the bound.
+    config = TuneConfig("mp2-bb", router_evaluations=2, router_initial_points=2, prompt_evaluations=16, popsize=4,
+                        sigma=4.0, sigma_first=4.0, bound_on=bound_on)  # fmt: skip
+    tune(objective, "eprstmt", train, dev, [], config)
+    stage2 = np.stack(objective.vectors[2:])  # after the 2 routers: 4 generations of 4
+    assert len(stage2) == 16
+    if bound_on == "intrinsic":  # MP2: the intrinsic vector itself stays in [-5, 5], and is pressed against it
+        assert 4.5 < np.abs(stage2).max() <= 5  # (cma's bound handling approaches a bound without landing on it)
+    else:  # before: only the offset from the routed mix was bounded
+        assert np.abs(stage2).max() > 5
+
+
+def test_routed_mix_is_the_scorers(banks):
+    scorer = _scorer(_model(banks, "decoder"))
+    modules = bank_modules(InProcessObjective(scorer))
+    for router in (np.linspace(-3, 3, 8), np.linspace(-4, 4, 16).reshape(2, 8)):
+        mix = routed_mix(modules, router)
+        routed = scorer.prompts(Candidate(router=router.tolist()))
+        stated = scorer.prompts(Candidate(intrinsic={layer: mix[layer].tolist() for layer in range(2)}))
+        assert torch.allclose(routed, stated, atol=1e-5)
+
+
+def test_mp2_preset_steps_0_5_at_the_first_layer_and_0_1_after(banks, splits, tmp_path):
+    objective = _Recording(_scorer(_model(banks, "decoder")))
+    train, dev, test = splits
+    config = TuneConfig.preset("mp2", "mp2-bb", router_evaluations=2, prompt_evaluations=8, popsize=4)
+    assert config.step_sizes == (0.5, 0.1) and config.router == "per_layer" and config.router_kappa == 2
+    result = tune(objective, "eprstmt", train, dev, [], config, tmp_path / "state.pkl")
+    strategies = load_state(tmp_path / "state.pkl")["cma"].strategies
+    assert {layer: es.sigma0 for layer, es in strategies.items()} == {0: 0.5, 1: 0.1}
+    # What was sampled: layer 0's population spreads about 5 times as far from its start as layer 1's.
+    start = {int(k): np.array(v) for k, v in load_state(tmp_path / "state.pkl")["start"].items()}
+    first, second = np.stack(objective.vectors[2:6]), np.stack(objective.vectors[6:10])
+    spread = [float(np.std(first[:, 0] - start[0])), float(np.std(second[:, 1] - start[1]))]
+    assert spread[0] > 2.5 * spread[1]
+    assert result["config"]["sigma_first"] is None  # resolved from the method, as sigma is
+    assert TuneConfig.preset("mp2", "bbtv2").step_sizes == (0.5, 0.5)  # BBTv2's one σ
+
+
+def test_mp2_preset_is_mp2s_script():
+    config = TuneConfig.preset("mp2", "mp2-bb")
+    assert (config.router, config.router_evaluations, config.router_initial_points, config.router_kappa,
+            config.router_dev_every) == ("per_layer", 100, 20, 2.0, 10)  # fmt: skip
+    assert (config.prompt_evaluations, config.popsize, config.bound, config.bound_on, config.dev_every) == (
+        3000, 20, 5.0, "intrinsic", 5)  # fmt: skip
+    assert config.generations(18) == 8 * 18  # whole rounds: 2880 of the 3000, as MP2's script spends them
+    search = RouterSearch((18, 8), config.bound, 0, config.router_initial_points, config.router_kappa)
+    assert search.optimizer.acq_func == "LCB" and search.optimizer.acq_func_kwargs == {"kappa": 2.0}
+    assert search.optimizer._n_initial_points == 20
+    cpu = TuneConfig.preset("cpu", "mp2-bb")
+    assert (cpu.router, cpu.router_evaluations, cpu.prompt_evaluations, cpu.generations(18)) == ("shared", 20, 360, 36)
+
+
+@pytest.mark.parametrize(("router", "shape"), [("per_layer", (2, 8)), ("shared", (8,))])
+def test_bbt_command_searches_the_router_it_is_told(banks, data_root, tmp_path, router, shape):
+    backbone_dir, bank_dir = banks("decoder")
+    out = tmp_path / "result.json"
+    argv = ["bbt", "--bank", str(bank_dir), "--backbone", str(backbone_dir), "--task", "eprstmt", "--method",
+            "mp2-bb", "--router", router, "--router-evaluations", "2", "--router-initial-points", "2",
+            "--prompt-evaluations", "0", "--data", str(data_root), "--state", str(tmp_path / "s.pkl"), "--out",
+            str(out), "--max-length", str(MAX_LENGTH), "--dev-limit", "4", "--test-limit", "4"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert np.shape(result["router"]) == shape and np.shape(result["parameters"]["router"]) == shape
+    assert np.abs(result["router"]).max() <= 5
+    assert result["trainable_parameters"] == math.prod(shape)  # no prompt generations: only the router
+    # 2 routers: fewer than router_dev_every, so the one of lowest train loss is scored on dev
     assert result["evaluations"] == {"router": 2, "prompt": 0, "dev": 1, "test": 1}
+    with pytest.raises(SystemExit):
+        main([*argv[:6], "--router", "both"])
+
+
+class _Synthetic(Objective):
+    """A model-free objective read as the scorer reads a bank candidate (each layer's vector is the routed mix
+    of ``modules`` plus the candidate's numbers; values beyond the bound refused): the train loss is the
+    vectors' squared distance to ``targets[0]``, the dev (and test) loss to ``targets[1]``, and the accuracy
+    falls with the loss, so the train-best and the dev-best router can be told apart."""
+
+    def __init__(self, modules: np.ndarray, targets: tuple[float, float]) -> None:
+        super().__init__()
+        self.modules = modules
+        self.targets = targets
+        self.sets: list[str] = []
+        self.scored: list[tuple[str, Candidate]] = []
+
+    def _fetch_info(self) -> ModelInfo:
+        layers, k, n, r = self.modules.shape
+        return ModelInfo({"name": "synthetic"}, layers, 8, k, n, r, 5.0, 64, 32)
+
+    def _upload(self, examples) -> str:
+        self.sets.append(["train", "dev", "test"][len(self.sets)])
+        return self.sets[-1]
+
+    def _score(self, part, candidates, space, base, with_scores) -> ScoreReply:
+        results = []
+        for candidate in candidates:
+            full = candidate.over(base)
+            numbers = [full.router or [], *full.intrinsic.values()]
+            if max((abs(v) for v in np.ravel(np.concatenate([np.ravel(x) for x in numbers]))), default=0) > 5:
+                raise ParameterError("candidates", "values must lie in [-5, 5]")
+            vectors = routed_mix(self.modules, full.router) if full.router is not None else 0 * self.modules[:, 0]
+            vectors = np.array(vectors, dtype=float).reshape(len(self.modules), -1)
+            for layer, values in full.intrinsic.items():
+                vectors[layer] += values
+            loss = float(np.mean((vectors - self.targets[part != "train"]) ** 2))
+            results.append(CandidateResult(loss, 1 / (1 + loss)))
+            self.scored.append((part, full))
+        return ScoreReply(results, 4, 4, 4 * len(candidates))
+
+
+def test_stage_1_keeps_the_dev_best_router_not_the_train_best(data_root, splits):
+    train, dev, test = splits
+    modules = np.random.default_rng(0).normal(size=(3, 8, 2, 2)).astype(np.float32)
+    objective = _Synthetic(modules, targets=(1.5, -1.5))  # train and dev want opposite mixes
+    config = TuneConfig("mp2-bb", seed=0, router_evaluations=12, router_initial_points=6, router_dev_every=3,
+                        prompt_evaluations=0)  # fmt: skip
+    result = tune(objective, "synthetic", train, dev, test, config, modules=modules)
+    routers = [c.router for part, c in objective.scored if part == "train"]
+    train_loss = [float(np.mean((routed_mix(modules, r) - 1.5) ** 2)) for r in routers]
+    dev_loss = {i: float(np.mean((routed_mix(modules, r) + 1.5) ** 2)) for i, r in enumerate(routers, 1) if i % 3 == 0}
+    dev_checked = [c.router for part, c in objective.scored if part == "dev"]
+    assert dev_checked == [routers[i - 1] for i in (3, 6, 9, 12)]  # MP2: the router of every 3rd evaluation
+    dev_best, train_best = min(dev_loss, key=dev_loss.get), int(np.argmin(train_loss)) + 1
+    assert dev_best != train_best  # the case this test is about
+    assert result["router"] == routers[dev_best - 1] and result["best_dev"]["at"] == f"router {dev_best}"
+    assert result["parameters"]["router"] == routers[dev_best - 1]  # and the one tested
+
+
+def test_stage_2_starts_at_the_routed_mix_and_checks_a_local_copy(data_root, splits):
+    train, dev, test = splits
+    modules = np.random.default_rng(1).normal(size=(3, 8, 2, 2)).astype(np.float32)
+    config = TuneConfig("mp2-bb", router="shared", router_evaluations=4, router_initial_points=4,
+                        router_dev_every=2, prompt_evaluations=12, popsize=2)  # fmt: skip
+    objective = _Synthetic(modules, targets=(0.5, 0.5))
+    result = tune(objective, "synthetic", train, dev, test, config, modules=modules)
+    assert result["evaluations"]["dev"] == 2 + 1 + 2  # routers 2 and 4, the copy's check, generations 5 and 6
+    first = [c for part, c in objective.scored if part == "train"][4]  # stage 2's first candidate
+    mix = routed_mix(modules, result["router"])
+    assert first.router is None and all(np.allclose(first.intrinsic[l], mix[l]) for l in (1, 2))  # others: the mix
+    assert result["trainable_parameters"] == 8 + 3 * 4
+
+    with pytest.raises(ValueError, match="not the bank the server serves"):
+        tune(_Synthetic(modules, (0.5, 0.5)), "synthetic", train, dev, test, config, modules=modules + 1)
+    with pytest.raises(ValueError, match="--bank-copy"):  # a served model does not send its modules
+        tune(_Synthetic(modules, (0.5, 0.5)), "synthetic", train, dev, test, config)
+    offset = TuneConfig(**{**config.to_dict(), "bound_on": "offset"})
+    assert tune(_Synthetic(modules, (0.5, 0.5)), "synthetic", train, dev, test, offset)["evaluations"]["prompt"] == 12
+
+
+def test_configs_saved_before_mp2_fidelity_read_as_they_ran(tmp_path):
+    stored = json.loads((REPO / "benchmarks/results/blackbox/mp2-bb/eprstmt/seed0.json").read_text())["config"]
+    old = TuneConfig.from_dict(stored)
+    assert (old.router_kappa, old.router_dev_every, old.bound_on, old.step_sizes) == (None, None, "offset",
+                                                                                      (0.1, 0.1))  # fmt: skip
+    assert TuneConfig.from_dict(TuneConfig("bbt").to_dict()) == TuneConfig("bbt")
+    search = RouterSearch((8,), 5.0, 0, old.router_initial_points, old.router_kappa)
+    assert search.optimizer.acq_func == "gp_hedge"  # scikit-optimize's default, as then
 
 
 @pytest.mark.parametrize(("method", "layers"), [("bbt", ["0"]), ("bbtv2", ["0", "1"])])
@@ -232,7 +416,9 @@ def test_blackbox_benchmark_stores_resumes_and_aggregates(banks, data_root, tmp_
     bbt = summary["methods"]["bbt"]
     assert bbt["trainable_parameters"] == 6 and bbt["runs"] == 2 and bbt["tasks"]["eprstmt"]["n"] == 2
     assert summary["settings"]["prompt_evaluations"] == 8 and summary["server"] == "in-process"
-    assert "| bbt | 6 |" in (tmp_path / "blackbox.md").read_text()
+    table = (tmp_path / "blackbox.md").read_text()
+    assert "| bbt | 6 |" in table and "| 8 | 8,000 | 0.1% |" in table  # 8 evaluations of BBT's 8,000
+    assert (bbt["evaluations_per_run"], bbt["paper_budget"], bbt["budget_share"]) == (8, 8000, 0.001)
     assert (tmp_path / "blackbox.png").stat().st_size > 1000
     assert sorted(p.name for p in (tmp_path / "work" / "blackbox" / "bbt" / "eprstmt").iterdir()) == [
         "seed0.pkl", "seed1.pkl"]  # fmt: skip

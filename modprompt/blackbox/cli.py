@@ -2,7 +2,8 @@
 
     export MODPROMPT_API_KEY=$(python -c "import secrets; print(secrets.token_urlsafe(32))")
     modprompt serve --bank runs/pretrain-gemma/bank --port 8000            # terminal 1
-    modprompt bbt --server http://127.0.0.1:8000 --task eprstmt --method mp2-bb --seed 0 --preset cpu
+    modprompt bbt --server http://127.0.0.1:8000 --bank-copy runs/pretrain-gemma/bank --task eprstmt \
+        --method mp2-bb --seed 0 --preset cpu                              # terminal 2
     modprompt bbt --bank runs/pretrain-gemma/bank --task eprstmt --method bbtv2 --seed 0   # no server
 
 Heavy imports (torch, fastapi, skopt) happen inside the run functions, so ``modprompt --help`` stays fast.
@@ -21,18 +22,33 @@ logger = logging.getLogger(__name__)
 
 #: ``bbt`` flags that set TuneConfig fields of the same name (dashes for underscores)
 _TUNE_FLAGS = {
-    "router": (str, "mp2-bb stage 1: 'shared' (K logits) or 'per_layer' (layers × K); default shared"),
     "router_evaluations": (int, "mp2-bb stage 1 budget (MP2: 100; cpu preset: 20)"),
-    "router_initial_points": (int, "random router points before the GP proposes (MP2: 10; cpu: 5)"),
+    "router_initial_points": (int, "random router points before the GP proposes (MP2: 20; cpu: 5)"),
+    "router_kappa": (float, "κ of the GP's acquisition, mean − κ·std of the loss (MP2's UCB: 2; default 2)"),
+    "router_dev_every": (int, "score the router of every N-th evaluation on dev and keep the dev-best (MP2: 10)"),
     "router_batch": (int, "router candidates per call; default 1 (sequential BO)"),
-    "prompt_evaluations": (int, "CMA-ES budget in candidates (MP2: 3000; cpu preset: 360)"),
+    "prompt_evaluations": (int, "CMA-ES budget in candidates, spent in whole rounds over the layers "
+                                "(MP2: 3000; cpu preset: 360)"),
     "popsize": (int, "CMA-ES population (MP2: 20; cpu preset: 10)"),
-    "sigma": (float, "CMA-ES step size (default 0.1 for mp2-bb, 0.5 for bbt/bbtv2)"),
+    "sigma": (float, "CMA-ES step size after the first layer (default 0.1 for mp2-bb as MP2, 0.5 for bbt/bbtv2)"),
+    "sigma_first": (float, "CMA-ES step size at the first layer (default 0.5 for mp2-bb as MP2, --sigma for "
+                           "bbt/bbtv2)"),
     "bound": (float, "search bound of every number (default 5)"),
     "dim": (int, "bbt/bbtv2 numbers per layer (default: the bank's n × r)"),
-    "dev_every": (int, "generations between dev evaluations (default: one round over the layers)"),
+    "dev_every": (int, "generations between stage-2 dev evaluations (default 5: every 100 evaluations at "
+                       "population 20, as MP2)"),
     **SPLIT_FLAGS,
 }
+
+#: ``bbt`` flags with a fixed set of values, for TuneConfig fields of the same name: (choices, help)
+_TUNE_CHOICES = {
+    "router": (("per_layer", "shared"), "mp2-bb stage 1: one router per layer (layers × K logits, MP2's deep "
+                                        "script) or one shared by every layer (K logits); default per_layer with "
+                                        "--preset mp2, shared with --preset cpu"),
+    "bound_on": (("intrinsic", "offset"), "mp2-bb stage 2: search each layer's intrinsic vector itself within "
+                                          "±bound (MP2; default) or the offset from the routed mix (needs no "
+                                          "--bank-copy with --server)"),
+}  # fmt: skip
 
 
 def add_serve_parser(sub) -> None:
@@ -102,10 +118,21 @@ def add_bbt_parser(sub) -> None:
     where.add_argument("--server", help="URL of `modprompt serve` (key: $MODPROMPT_API_KEY or --api-key-file)")
     where.add_argument("--bank", help="tune in-process on this bank instead of calling a server")
     p.add_argument("--backbone", help="with --bank: a local model folder or 'gemma-3-270m' (default: the bank's)")
+    p.add_argument(
+        "--bank-copy",
+        help="with --server: a local copy of the served bank; only its prompt modules are read, to start mp2-bb's "
+        "stage 2 at their routed mix as MP2's script does (checked against the server once)",
+    )
     p.add_argument("--task", required=True, help="a downstream task (`modprompt tasks --role downstream`)")
     p.add_argument("--method", required=True, choices=["mp2-bb", "bbt", "bbtv2"])
     p.add_argument("--seed", type=int, default=0, help="few-shot split (FewCLUE: 0..4) and optimiser seed")
-    p.add_argument("--preset", choices=["mp2", "cpu"], default="mp2", help="budget defaults; flags override")
+    p.add_argument(
+        "--preset",
+        choices=["mp2", "cpu"],
+        default="mp2",
+        help="mp2: MP2's black-box script's settings; cpu: a 2-core-CPU budget (380 evaluations: 12%% of MP2's, "
+        "4.5%% of BBT's and BBTv2's 8,000); flags override",
+    )
     add_data_argument(p)
     p.add_argument("--state", help="state file (default runs/blackbox/METHOD-TASK-seedS.pkl); resumed if present")
     p.add_argument("--out", help="also write the full result (with the tuned numbers and history) here")
@@ -116,6 +143,8 @@ def add_bbt_parser(sub) -> None:
     p.add_argument("--threads", type=int, help="with --bank: torch CPU threads (default: torch's choice)")
     add_device_argument(p, "with --bank: ")
     add_config_flags(p, _TUNE_FLAGS)  # defaults depend on --preset and --method: the helps say them
+    for name, (choices, text) in _TUNE_CHOICES.items():
+        p.add_argument("--" + name.replace("_", "-"), choices=choices, help=text)
     p.set_defaults(func=run_bbt)
 
 
@@ -123,12 +152,16 @@ def run_bbt(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from modprompt.blackbox.objective import InProcessObjective, RemoteObjective
-    from modprompt.blackbox.tune import TuneConfig, tune_task
+    from modprompt.blackbox.tune import TuneConfig, load_bank_modules, tune_task
     from modprompt.cli import data_root_arg, print_json
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the progress
-    config = TuneConfig.preset(args.preset, args.method, args.seed, **config_flags(args, _TUNE_FLAGS))
+    config = TuneConfig.preset(args.preset, args.method, args.seed, **config_flags(args, _TUNE_FLAGS),
+                               **config_flags(args, _TUNE_CHOICES))
     state = args.state or f"runs/blackbox/{args.method}-{args.task}-seed{args.seed}.pkl"
+    if args.bank_copy and not args.server:
+        raise SystemExit("--bank-copy goes with --server (in-process, --bank's own modules are used)")
+    modules = load_bank_modules(args.bank_copy) if args.bank_copy else None
     if args.server:
         from modprompt.blackbox.client import Client
 
@@ -140,7 +173,7 @@ def run_bbt(args: argparse.Namespace) -> int:
         _set_threads(args.threads)
         scorer = Scorer.from_bank(args.bank, args.backbone, args.device, max_length=args.max_length)
         objective = InProcessObjective(scorer)
-    result = tune_task(objective, args.task, data_root_arg(args.data), config, state)
+    result = tune_task(objective, args.task, data_root_arg(args.data), config, state, modules)
     result["server"] = args.server or "in-process"
     if args.server:
         result["http"] = objective.client.stats.to_dict()

@@ -2,9 +2,10 @@
 
 Methods (every one only calls an :class:`~modprompt.blackbox.objective.Objective`, in-process or remote):
 
-* ``mp2-bb``: stage 1 searches the router logits by Bayesian optimisation (:mod:`.router_bo`; shared K
-  logits or layers × K); stage 2 runs layer-wise CMA-ES (:mod:`.cmaes`) over every layer's intrinsic
-  offset (n × r numbers) from the routed mix of the pre-trained modules, projected by the bank.
+* ``mp2-bb``: stage 1 searches the router logits by Bayesian optimisation (:mod:`.router_bo`; one router
+  per layer, layers × K, as MP2's deep black-box script, or K logits shared by every layer); stage 2 runs
+  layer-wise CMA-ES (:mod:`.cmaes`) over every layer's intrinsic vector (n × r numbers), started at the
+  routed mix of the pre-trained modules and projected by the bank.
 * ``bbt``: CMA-ES over one input-layer prompt, ``A z`` with a fixed random projection ``A`` (``dim``
   → n × hidden); no bank modules, router or learned projection.
 * ``bbtv2``: the same at every layer, layer-wise (divide and conquer); no bank.
@@ -12,16 +13,35 @@ Methods (every one only calls an :class:`~modprompt.blackbox.objective.Objective
 The baselines score through the served model's MRC span head (pre-trained with the bank: a black-box
 user cannot train a head), so "no bank" means no prompt modules, router or learned projection.
 
-Every ``dev_every`` generations (and after stage 1, and at the end) the current best is scored on the
-dev set; the candidate with the best dev accuracy (then loss) is the one tested. The whole state (the
-optimisers with their random generators, the best so far, the counters) is saved after every
+Selection on dev, as in MP2's script: in stage 1, the router evaluated at every ``router_dev_every``-th
+evaluation (10) is scored on dev and the one with the best dev accuracy is kept (not the one with the
+lowest train loss); in stage 2 the current best is scored on dev every ``dev_every`` generations (5, i.e.
+every 100 evaluations at population 20) and at the end, and it replaces the kept candidate only if its dev
+accuracy beats every one before it, the routers' included. The kept candidate is the one tested. The whole
+state (the optimisers with their random generators, the best so far, the counters) is saved after every
 generation, so a run killed at any point (a dropped connection after the client's retries, a killed
 process) resumes from its last generation with the same result it would have had.
 
-Defaults (``TuneConfig``) are MP2's: 100 router evaluations, 3000 prompt evaluations, population 20,
-sigma 0.1 for MP2's offsets from the routed mix and 0.5 for the baselines' vectors from zero, bound 5.
-``PRESETS["cpu"]`` is sized for a 2-core CPU and Gemma 3 270M: 20 router evaluations (5 random),
-360 prompt evaluations at population 10 (two rounds over 18 layers).
+Defaults (``TuneConfig``, ``--preset mp2``) are those of MP2's black-box script (``Deep/deepbbt.py`` of
+MP2's code, github.com/Hzfinfdu/MPMP): 100 router evaluations of which 20 random, UCB with κ = 2, one router
+per layer, 3000 prompt evaluations spent in whole rounds over the layers, population 20, σ = 0.5 at the first
+layer and 0.1 at the others, every router logit and intrinsic number bounded to [-5, 5]. The baselines keep
+BBTv2's σ = 0.5 (``deepbbt.py`` of github.com/txsun1997/Black-Box-Tuning) from a zero start.
+
+Where ``--preset mp2`` deliberately differs from MP2's script, and why:
+
+* the GP is scikit-optimize's, not ``bayes_opt``'s (see :mod:`.router_bo`): ask/tell lets a run resume;
+* a stage-2 dev check scores the current best of every layer; MP2's scores whatever candidate was
+  evaluated at that call (the last of a population), which is an accident of where its check sits;
+* ties in dev accuracy go to the lower dev loss (MP2 keeps the first): dev sets of 32 examples tie often;
+* each layer's CMA-ES has its own seed (see :mod:`.cmaes`);
+* the stage-2 dimension is the bank's n × r (256 for the released bank), not MP2's d = 300 (see the README
+  on the bank's representation).
+
+``PRESETS["cpu"]`` is sized for a 2-core CPU and Gemma 3 270M: a shared router (8 logits: 20 evaluations
+cannot model 144), 20 router evaluations (5 random), 360 prompt evaluations at population 10 (two rounds
+over 18 layers). That is 12% of MP2's budget and 4.5% of the 8,000 calls BBT and BBTv2 report
+(``PAPER_BUDGETS``): every method gets the same budget, and none gets its own.
 """
 
 from __future__ import annotations
@@ -37,7 +57,7 @@ import numpy as np
 
 from modprompt.blackbox.cmaes import LayerwiseCMA
 from modprompt.blackbox.objective import ExampleSet, Objective, Usage
-from modprompt.blackbox.params import Candidate, ModelInfo, Space
+from modprompt.blackbox.params import Candidate, ModelInfo, Space, routed_mix
 from modprompt.blackbox.state import load_state, save_state
 from modprompt.config_utils import config_from_dict
 from modprompt.data.mrc import MRCExample
@@ -46,9 +66,26 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("mp2-bb", "bbt", "bbtv2")
 PRESETS: dict[str, dict] = {
-    "mp2": {},
-    "cpu": {"router_evaluations": 20, "router_initial_points": 5, "prompt_evaluations": 360, "popsize": 10},
+    "mp2": {},  # the TuneConfig defaults are MP2's script's
+    "cpu": {"router": "shared", "router_evaluations": 20, "router_initial_points": 5, "prompt_evaluations": 360,
+            "popsize": 10},  # fmt: skip
 }
+
+#: The budget (train-set evaluations) at which each method's own work reports its results, and where it is set.
+PAPER_BUDGETS: dict[str, dict] = {
+    "mp2-bb": {"router": 100, "prompt": 3000,
+               "source": "MP2's black-box script (Hzfinfdu/MPMP Deep/deepbbt.py: --budget_router 100, "
+                         "--budget_prompt 3000)"},
+    "bbt": {"router": 0, "prompt": 8000,
+            "source": "BBT's script (txsun1997/Black-Box-Tuning bbt.py: --budget 8000)"},
+    "bbtv2": {"router": 0, "prompt": 8000,
+              "source": "BBTv2's script (txsun1997/Black-Box-Tuning deepbbt.py: --budget 8000)"},
+}  # fmt: skip
+
+#: What the fields added when mp2-bb was made to follow MP2's script meant before, for configs saved without
+#: them (stored results and run states of then): the router with the lowest train loss, scikit-optimize's
+#: default acquisition, one σ at every layer, the bound on the offset from the routed mix.
+_BEFORE_MP2_FIDELITY = {"router_kappa": None, "router_dev_every": None, "sigma_first": "same", "bound_on": "offset"}
 
 
 @dataclass
@@ -57,21 +94,38 @@ class TuneConfig:
     seed: int = 0
     #: examples per label for train (and dev) of tasks without official few-shot files
     k_per_label: int = 16
-    #: mp2-bb stage 1: "shared" (K logits for every layer) or "per_layer" (layers × K)
-    router: str = "shared"
+    #: mp2-bb stage 1: "per_layer" (layers × K logits, MP2's deep black-box script) or "shared" (K logits
+    #: for every layer: MP2's shallow script's 8 numbers, spread over every layer here)
+    router: str = "per_layer"
     router_evaluations: int = 100
-    router_initial_points: int = 10
+    #: random router points before the GP proposes (MP2: 20)
+    router_initial_points: int = 20
+    #: the acquisition's κ: the GP proposes the router of the lowest ``mean − κ·std`` of the train loss
+    #: (MP2: UCB with κ = 2); None: scikit-optimize's default acquisition (modprompt's before it followed MP2)
+    router_kappa: float | None = 2.0
+    #: the router of every N-th evaluation is scored on dev, and the dev-best is kept (MP2: 10);
+    #: None: keep the router with the lowest train loss (modprompt's rule before it followed MP2)
+    router_dev_every: int | None = 10
     #: router candidates per call (skopt's constant-liar batch); 1 is plain sequential BO
     router_batch: int = 1
+    #: CMA-ES budget in candidates, spent in whole rounds over the searched layers (as MP2's and BBTv2's scripts)
     prompt_evaluations: int = 3000
     popsize: int = 20
-    #: CMA-ES step size; None: 0.1 for mp2-bb (offsets from a good start), 0.5 for bbt/bbtv2
+    #: CMA-ES step size at every searched layer but the first; None: 0.1 for mp2-bb (MP2's sigma2), 0.5 for
+    #: bbt/bbtv2 (BBTv2's)
     sigma: float | None = None
+    #: the first searched layer's step size; None: 0.5 for mp2-bb (MP2's sigma1), ``sigma`` for bbt/bbtv2;
+    #: "same": ``sigma`` (how configs saved before this field read)
+    sigma_first: float | str | None = None
     bound: float = 5.0
+    #: what ±bound bounds in mp2-bb stage 2: "intrinsic", each layer's intrinsic vector itself (MP2), or
+    #: "offset", the offset from the routed mix (modprompt's before; needs no copy of the bank's modules)
+    bound_on: str = "intrinsic"
     #: bbt/bbtv2 numbers per layer; None: the model's intrinsic size n × r (MP2's stage-2 dimension)
     dim: int | None = None
-    #: generations between dev evaluations; None: one round over the searched layers
-    dev_every: int | None = None
+    #: generations between stage-2 dev evaluations (MP2: every 100 evaluations, 5 generations at population
+    #: 20); None: one round over the searched layers
+    dev_every: int | None = 5
     #: CPU budget caps: score only the first N of a fixed shuffle of the test (dev) set
     test_limit: int | None = None
     dev_limit: int | None = None
@@ -81,14 +135,23 @@ class TuneConfig:
             raise ValueError(f"unknown black-box method {self.method!r}; expected one of {METHODS}")
         if self.router not in ("shared", "per_layer"):
             raise ValueError(f"router must be 'shared' or 'per_layer', not {self.router!r}")
+        if self.bound_on not in ("intrinsic", "offset"):
+            raise ValueError(f"bound_on must be 'intrinsic' or 'offset', not {self.bound_on!r}")
         for name in ("router_initial_points", "router_batch", "popsize"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("router_evaluations", "prompt_evaluations"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("router_dev_every", "dev_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive or None, got {getattr(self, name)}")
+        if self.sigma_first != "same" and self.sigma_first is not None and not self.sigma_first > 0:
+            raise ValueError(f"sigma_first must be positive, 'same' or None, got {self.sigma_first!r}")
         if self.bound <= 0 or (self.sigma is not None and self.sigma <= 0):
             raise ValueError("bound and sigma must be positive")
+        if self.router_kappa is not None and self.router_kappa < 0:
+            raise ValueError(f"router_kappa must not be negative, got {self.router_kappa}")
 
     @classmethod
     def preset(cls, name: str, method: str, seed: int = 0, **overrides) -> TuneConfig:
@@ -97,15 +160,32 @@ class TuneConfig:
         return cls(method, seed, **{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
 
     @property
-    def step_size(self) -> float:
-        return self.sigma if self.sigma is not None else (0.1 if self.method == "mp2-bb" else 0.5)
+    def step_sizes(self) -> tuple[float, float]:
+        """CMA-ES σ at the first searched layer and at the others."""
+        rest = self.sigma if self.sigma is not None else (0.1 if self.method == "mp2-bb" else 0.5)
+        if self.sigma_first == "same":
+            return rest, rest
+        if self.sigma_first is not None:
+            return float(self.sigma_first), rest
+        return (0.5 if self.method == "mp2-bb" else rest), rest
+
+    @property
+    def searches_intrinsic(self) -> bool:
+        """mp2-bb stage 2 sends each layer's (bounded) intrinsic vector, not an offset from the routed mix."""
+        return self.method == "mp2-bb" and self.bound_on == "intrinsic"
+
+    def generations(self, layers: int) -> int:
+        """CMA-ES generations: whole rounds over ``layers`` searched layers, as MP2's and BBTv2's scripts
+        spend ``budget // (popsize × layers)`` rounds (a remainder is left unspent)."""
+        return self.prompt_evaluations // (self.popsize * layers) * layers
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> TuneConfig:
-        return config_from_dict(cls, data, "black-box")
+        """A saved config; one saved before a field existed reads it as what the code of then did."""
+        return config_from_dict(cls, {**_BEFORE_MP2_FIDELITY, **data}, "black-box")
 
 
 def _combine(a: dict, b: dict, sign: int = 1) -> dict:
@@ -123,7 +203,8 @@ class _Run:
     """One method on one task's splits; ``state`` is everything that is saved after each generation."""
 
     def __init__(self, objective: Objective, config: TuneConfig, info: ModelInfo, train: ExampleSet,
-                 dev: ExampleSet | None, state: dict, state_path: Path | None) -> None:  # fmt: skip
+                 dev: ExampleSet | None, state: dict, state_path: Path | None,
+                 modules: np.ndarray | None = None, check_modules: bool = False) -> None:  # fmt: skip
         self.objective = objective
         self.config = config
         self.info = info
@@ -131,6 +212,8 @@ class _Run:
         self.dev = dev
         self.state = state
         self.state_path = state_path
+        self.modules = modules
+        self.check_modules = check_modules
         # Usage is counted per session: what the state held, plus what the objective did since.
         self.usage_at_start = state["usage"]
         self.objective_usage_at_start = objective.usage.to_dict()
@@ -144,22 +227,23 @@ class _Run:
 
     @staticmethod
     def new_state(config: TuneConfig, info: ModelInfo, fingerprint: dict) -> dict:
-        layers = [0] if config.method == "bbt" else list(range(info.num_layers))
-        dim = info.intrinsic_size if config.method == "mp2-bb" else (config.dim or info.intrinsic_size)
         router_shape = (info.num_modules,) if config.router == "shared" else (info.num_layers, info.num_modules)
         search = None
         if config.method == "mp2-bb" and config.router_evaluations:
             from modprompt.blackbox.router_bo import RouterSearch
 
             initial = min(config.router_initial_points, config.router_evaluations)
-            search = RouterSearch(router_shape, config.bound, config.seed, initial)
+            search = RouterSearch(router_shape, config.bound, config.seed, initial, config.router_kappa)
         return {
             "fingerprint": fingerprint,
             "stage": "router" if search is not None else "prompt",
             "router_search": search,
             "router": None,
             "router_shape": router_shape if config.method == "mp2-bb" else None,
-            "cma": LayerwiseCMA(layers, dim, config.step_size, config.popsize, config.bound, config.seed),
+            # mp2-bb's strategies start where stage 1 ends, so they are made then (see _start_prompts)
+            "cma": None if config.method == "mp2-bb" else _Run.new_cma(config, info, None),
+            # mp2-bb searching intrinsic vectors: each layer's start, the routed mix (plain lists)
+            "start": None,
             "evaluations": {"router": 0, "prompt": 0, "dev": 0},
             "examples_seen": 0,
             "usage": Usage().to_dict(),
@@ -168,6 +252,13 @@ class _Run:
             "history": [],
             "sessions": 0,
         }
+
+    @staticmethod
+    def new_cma(config: TuneConfig, info: ModelInfo, starts: dict[int, list[float]] | None) -> LayerwiseCMA:
+        layers = [0] if config.method == "bbt" else list(range(info.num_layers))
+        dim = info.intrinsic_size if config.method == "mp2-bb" else (config.dim or info.intrinsic_size)
+        first, rest = config.step_sizes
+        return LayerwiseCMA(layers, dim, rest, config.popsize, config.bound, config.seed, starts, first)
 
     def usage(self) -> dict:
         session = _combine(self.objective.usage.to_dict(), self.objective_usage_at_start, -1)
@@ -182,12 +273,17 @@ class _Run:
     # -- candidates -----------------------------------------------------------------------------------
 
     def current(self) -> Candidate:
-        intrinsic = {layer: x.tolist() for layer, x in self.state["cma"].best().items()}
-        return Candidate(self.state["router"], intrinsic)
+        """The best so far: in stage 1 the chosen router, in stage 2 each layer's best vector over the start."""
+        cma = self.state["cma"]
+        best = {layer: x.tolist() for layer, x in cma.best().items()} if cma is not None else {}
+        if self.state["start"] is not None:
+            # No router: the scorer's mix is zero and each layer's numbers are its intrinsic vector itself.
+            return Candidate(None, {**{int(k): v for k, v in self.state["start"].items()}, **best})
+        return Candidate(self.state["router"], best)
 
     def trainable_parameters(self) -> int:
-        generations = self.config.prompt_evaluations // self.config.popsize
-        searched = len(self.state["cma"].layers) * self.space_dim if generations else 0
+        layers = 1 if self.config.method == "bbt" else self.info.num_layers
+        searched = layers * self.space_dim if self.config.generations(layers) else 0
         shape = self.state["router_shape"]
         return searched + (math.prod(shape) if shape and self.config.router_evaluations else 0)
 
@@ -200,21 +296,23 @@ class _Run:
         self.state["examples_seen"] += self.train.size * len(candidates)
         return [r.loss for r in results]
 
-    def dev_check(self, at: str) -> None:
-        """Score the current best on dev; keep it if it beats the best so far (accuracy, then loss)."""
+    def dev_check(self, at: str, candidate: Candidate | None = None) -> dict | None:
+        """Score ``candidate`` (default: the current best) on dev; keep it if it beats the best so far
+        (accuracy, then loss). Returns its dev result (None without a labelled dev set)."""
         if self.dev is None:
-            return
-        candidate = self.current()
+            return None
+        candidate = candidate if candidate is not None else self.current()
         result = self.objective.evaluate(self.dev, [candidate], self.space)[0]
         self.state["evaluations"]["dev"] += 1
         if result.accuracy is None:
-            return
+            return None
         best = self.state["best_dev"]
         if best is None or (result.accuracy, -result.loss) > (best["accuracy"], -best["loss"]):
             self.state["best_dev"] = {"accuracy": result.accuracy, "loss": result.loss, "at": at,
                                       "candidate": candidate}  # fmt: skip
         logger.info("dev at %s: accuracy %.4f, loss %.4f (best %.4f at %s)", at, result.accuracy, result.loss,
                     self.state["best_dev"]["accuracy"], self.state["best_dev"]["at"])  # fmt: skip
+        return {"accuracy": result.accuracy, "loss": result.loss}
 
     # -- the stages -----------------------------------------------------------------------------------
 
@@ -229,18 +327,23 @@ class _Run:
                 losses = self._train_losses([Candidate(router=r.tolist()) for r in routers], None)
                 search.tell(routers, losses)
                 state["evaluations"]["router"] += len(routers)
+                # MP2 scores on dev the router evaluated at every 10th call (not the best so far).
+                first = search.evaluations - len(routers) + 1
+                for index, router in enumerate(routers, first):
+                    if c.router_dev_every and index % c.router_dev_every == 0:
+                        self.dev_check(f"router {index}", Candidate(router=router.tolist()))
                 best_loss = search.best[1]
                 state["history"].append({"stage": "router", "evaluations": search.evaluations, "best_loss": best_loss})
                 logger.info("router %d/%d: best train loss %.4f", search.evaluations, c.router_evaluations, best_loss)
                 self.save(session_started)
-            state["router"] = search.best[0].tolist()
-            state["router_search"] = None  # its job is done; the state stays small
-            state["stage"] = "prompt"
-            self.dev_check("router")
+            self._end_router_stage(search)
             self.save(session_started)
         if state["stage"] == "prompt":
+            if state["cma"] is None:
+                self._start_prompts()
+                self.save(session_started)
             cma = state["cma"]
-            generations = c.prompt_evaluations // c.popsize
+            generations = c.generations(len(cma.layers))
             dev_every = c.dev_every or len(cma.layers)
             while cma.generation < generations:
                 layer = cma.layer
@@ -261,6 +364,60 @@ class _Run:
             state["stage"] = "done"
             self.save(session_started)
 
+    def _end_router_stage(self, search) -> None:
+        """Keep the dev-best router (MP2), or the train-best one without dev checks; go on to stage 2."""
+        c, state = self.config, self.state
+        if c.router_dev_every and state["best_dev"] is None:
+            # A search shorter than router_dev_every scored no router on dev: score its train-best one.
+            self.dev_check("router (lowest train loss)", Candidate(router=search.best[0].tolist()))
+        best = state["best_dev"]
+        if c.router_dev_every and best is not None:
+            state["router"] = best["candidate"].router
+        else:
+            state["router"] = search.best[0].tolist()
+        state["router_search"] = None  # its job is done; the state stays small
+        state["stage"] = "prompt"
+        if not c.router_dev_every:
+            self.dev_check("router")
+
+    def _start_prompts(self) -> None:
+        """Make stage 2's strategies; mp2-bb searching intrinsic vectors starts each layer at the routed mix."""
+        c, state = self.config, self.state
+        starts = None
+        if c.searches_intrinsic and c.generations(self.info.num_layers):
+            if state["router"] is None:
+                mix = np.zeros((self.info.num_layers, self.info.intrinsic_size), dtype=np.float32)
+            else:
+                mix = routed_mix(self.modules, state["router"])
+            clipped = np.clip(mix, -c.bound, c.bound)
+            if not np.array_equal(clipped, mix):
+                logger.warning("the routed mix exceeds ±%g in %d numbers; the start is clipped to the bound",
+                               c.bound, int((clipped != mix).sum()))  # fmt: skip
+            starts = {layer: clipped[layer].astype(float).tolist() for layer in range(self.info.num_layers)}
+            state["start"] = starts
+            if self.check_modules and state["router"] is not None and np.array_equal(clipped, mix):
+                self._check_start()
+        state["cma"] = self.new_cma(c, self.info, starts)
+
+    def _check_start(self) -> None:
+        """The start sent as intrinsic vectors must score as the router does: else the local copy of the
+        bank's modules is not the served bank's (one dev evaluation)."""
+        if self.dev is None:
+            return
+        best = self.state["best_dev"]
+        if best is not None and best["candidate"].router == self.state["router"] and not best["candidate"].intrinsic:
+            expected = best["loss"]  # the chosen router was scored on dev in stage 1
+        else:
+            expected = self.objective.evaluate(self.dev, [Candidate(router=self.state["router"])], self.space)[0].loss
+            self.state["evaluations"]["dev"] += 1
+        got = self.objective.evaluate(self.dev, [self.current()], self.space)[0].loss
+        self.state["evaluations"]["dev"] += 1
+        if expected is not None and abs(got - expected) > 1e-3 * max(1.0, abs(expected)):
+            raise ValueError(
+                f"the routed mix computed from the local copy of the bank's modules scores dev loss {got:.6f} "
+                f"where the served router scores {expected:.6f}: the copy is not the bank the server serves"
+            )
+
     def final(self) -> Candidate:
         best = self.state["best_dev"]
         return best["candidate"] if best is not None else self.current()
@@ -274,6 +431,22 @@ def _fingerprint(config: TuneConfig, info: ModelInfo, task: str, train: ExampleS
             "dev": dev.parts if dev else None}  # fmt: skip
 
 
+def bank_modules(objective: Objective) -> np.ndarray | None:
+    """The bank's intrinsic module matrices ``(layers, K, n, r)`` when ``objective`` scores in this process
+    (None for a served model: it does not send them)."""
+    scorer = getattr(objective, "scorer", None)
+    bank = getattr(getattr(scorer, "model", None), "bank", None)
+    return None if bank is None else bank.modules_z.detach().cpu().float().numpy()
+
+
+def budget(config: TuneConfig, evaluations: dict) -> dict:
+    """A run's train-set evaluations against the budget its method's own work reports results at."""
+    spent = evaluations.get("router", 0) + evaluations.get("prompt", 0)
+    paper = PAPER_BUDGETS[config.method]
+    total = paper["router"] + paper["prompt"]
+    return {"evaluations": spent, "paper": total, "share": spent / total, "source": paper["source"]}
+
+
 def tune(
     objective: Objective,
     task: str,
@@ -282,15 +455,35 @@ def tune(
     test: Sequence[MRCExample],
     config: TuneConfig,
     state_path: str | Path | None = None,
+    modules: np.ndarray | None = None,
 ) -> dict:
     """Run (or resume from ``state_path``) one black-box method; test the dev-selected candidate.
 
+    ``modules``: the bank's intrinsic module matrices ``(layers, K, n, r)``, which mp2-bb needs to start its
+    stage 2 at the routed mix when it searches the intrinsic vectors themselves (``bound_on="intrinsic"``).
+    In-process they are read from the scorer's bank; against a served model give a local copy of the served
+    bank's (:func:`load_bank_modules`), which is checked once against the server's router scores.
+
     The result has the fields of ``modprompt adapt``'s (method, task, seed, trainable_parameters,
-    metric, test, best_dev, train_seconds, examples_seen, ...) plus the calls, evaluations and tokens.
+    metric, test, best_dev, train_seconds, examples_seen, ...) plus the calls, evaluations, tokens, the
+    router stage 1 chose and the budget spent against the one its method's paper reports (``budget``).
     """
     if not train or any(e.label is None for e in train):
         raise ValueError(f"{task}: black-box tuning needs a labelled training set")
     info = objective.info
+    check_modules = modules is not None
+    if modules is None:
+        modules = bank_modules(objective)
+    if config.searches_intrinsic and config.prompt_evaluations:
+        expected = (info.num_layers, info.num_modules, info.num_tokens, info.rank)
+        if modules is None:
+            raise ValueError(
+                "mp2-bb searches each layer's intrinsic vector itself, bounded as in MP2, from the routed mix of "
+                "the bank's modules, which a served model does not send: give a local copy of the served bank "
+                "(modprompt bbt --bank-copy BANK) or search offsets from the mix (--bound-on offset)"
+            )
+        if tuple(modules.shape) != expected:
+            raise ValueError(f"the bank's modules have shape {tuple(modules.shape)}; the model needs {expected}")
     train_set = objective.upload(train)
     dev_set = objective.upload(dev) if dev else None
     fingerprint = _fingerprint(config, info, task, train_set, dev_set)
@@ -300,10 +493,12 @@ def tune(
         state = _Run.new_state(config, info, fingerprint)
     elif state["fingerprint"] != fingerprint:
         differs = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-        raise ValueError(f"{state_path} holds a run with other {', '.join(differs)}; use another --state path")
+        older = set(fingerprint["config"]) - set(state["fingerprint"].get("config", {}))
+        why = f" (it was made by an older modprompt, without {', '.join(sorted(older))})" if older else ""
+        raise ValueError(f"{state_path} holds a run with other {', '.join(differs)}{why}; use another --state path")
     else:
         logger.info("resuming %s from %s (stage %s)", config.method, state_path, state["stage"])
-    run = _Run(objective, config, info, train_set, dev_set, state, state_path)
+    run = _Run(objective, config, info, train_set, dev_set, state, state_path, modules, check_modules)
     run.run()
 
     test_started = time.perf_counter()
@@ -327,19 +522,30 @@ def tune(
         "examples_seen": state["examples_seen"],
         "calls": usage["calls"],
         "evaluations": {**state["evaluations"], "test": 1 if test else 0},
+        "budget": budget(config, state["evaluations"]),
         "tokens": usage["tokens"],
         "cache": usage["cache"],
         "sessions": state["sessions"],
         "examples": {"train": len(train), "dev": len(dev), "test": len(test)},
         "backbone": info.backbone.get("name"),
         "config": config.to_dict(),
+        "router": state["router"],
         "parameters": final.to_dict(),
         "history": state["history"],
     }
 
 
+def load_bank_modules(bank: str | Path) -> np.ndarray:
+    """The intrinsic module matrices ``(layers, K, n, r)`` of a saved bank, read without building a model."""
+    from safetensors.numpy import load_file
+
+    from modprompt.modular.model import WEIGHTS_NAME
+
+    return load_file(Path(bank) / WEIGHTS_NAME)["bank.modules_z"]
+
+
 def tune_task(objective: Objective, task: str, data_root: str | Path, config: TuneConfig,
-              state_path: str | Path | None = None) -> dict:  # fmt: skip
+              state_path: str | Path | None = None, modules: np.ndarray | None = None) -> dict:  # fmt: skip
     """``tune`` on a registered task's few-shot split of ``config.seed`` (as ``modprompt adapt`` splits it)."""
     from modprompt.data.fewshot import fewshot_splits
 
@@ -348,4 +554,4 @@ def tune_task(objective: Objective, task: str, data_root: str | Path, config: Tu
         from modprompt.adapt.run import subset
 
         dev, test = subset(dev, config.dev_limit), subset(test, config.test_limit)
-    return tune(objective, task, train, dev, test, config, state_path)
+    return tune(objective, task, train, dev, test, config, state_path, modules)
