@@ -31,6 +31,16 @@ def add_device_argument(p: argparse.ArgumentParser, when: str = "") -> None:
     )
 
 
+def add_lenient_argument(p: argparse.ArgumentParser) -> None:
+    """``--lenient``: skip malformed records of the task's files (counted, logged, and in the result)."""
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip malformed records instead of stopping at the first one; how many and why are logged and "
+        "reported (a spec's \"lenient\": true does the same)",
+    )
+
+
 #: flags of a config field each: name -> (type, help); ``None`` help for a self-explanatory one
 ConfigFlags = dict[str, tuple[type, str | None]]
 
@@ -81,16 +91,34 @@ def print_run_summary(summary: dict) -> None:
 
 
 def _add_tasks(sub) -> None:
-    p = sub.add_parser("tasks", help="list every registered task with its kind, role and split sizes")
-    p.add_argument("--json", action="store_true", help="print the full table as JSON")
+    p = sub.add_parser(
+        "tasks",
+        help="list every registered task with its kind, role and split sizes, or check a task spec (--check)",
+        description="Without --check: one line per registered task. With --check SPEC: what the spec yields per "
+        "split (examples kept and dropped, and why; label distribution; three examples as the model sees them; "
+        "token lengths under the backbone's tokenizer and how many passages a run would cut), before any run.",
+    )
+    p.add_argument("--json", action="store_true", help="print the full table (or the check) as JSON")
     add_data_argument(p)
     p.add_argument("--role", choices=["upstream", "downstream"], help="only tasks of this role")
     p.add_argument("--lenient", action="store_true", help="skip malformed records instead of stopping")
+    p.add_argument("--check", metavar="SPEC", help="check a user task spec JSON (see examples/own_task)")
+    p.add_argument(
+        "--backbone",
+        default="gemma-3-270m",
+        help="with --check: whose tokenizer counts the tokens, a local model folder or 'gemma-3-270m' (default)",
+    )
+    p.add_argument(
+        "--max-length", type=int, help="with --check: tokens per example, as `adapt --max-length` (default 256)"
+    )
     p.set_defaults(func=_run_tasks)
 
 
 def _run_tasks(args) -> int:
     from modprompt.data.registry import task_table
+
+    if args.check:
+        return _run_check(args)
 
     table = task_table(data_root_arg(args.data), lenient=args.lenient)
     if args.role:
@@ -103,6 +131,59 @@ def _run_tasks(args) -> int:
         splits = " ".join(f"{k}={v}" for k, v in row["splits"].items())
         options = row["num_options"] if row["num_options"] is not None else "-"
         print(f"{row['name']:<{width}}  {row['role']:<10}  {row['kind']:<15}  options={options:<4} {splits}")
+    return 0
+
+
+def _load_tokenizer(name_or_path: str):
+    """The tokenizer of a backbone (no model weights are loaded)."""
+    from transformers import AutoTokenizer
+
+    from modprompt.backbone import EMBEDDED_DEFAULT
+
+    if name_or_path == EMBEDDED_DEFAULT:
+        from modprompt.gemma import gemma_path
+
+        return AutoTokenizer.from_pretrained(gemma_path())
+    if not Path(name_or_path).is_dir():
+        raise FileNotFoundError(f"backbone folder not found: {name_or_path} (or use {EMBEDDED_DEFAULT!r})")
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
+def _run_check(args) -> int:
+    from modprompt.data.spec import check_spec
+
+    overrides = {"max_length": args.max_length} if args.max_length else {}
+    report = check_spec(args.check, lambda: _load_tokenizer(args.backbone), lenient=args.lenient, **overrides)
+    report["backbone"] = args.backbone
+    if args.json:
+        print_json(report)
+        return 0
+    print(f"{report['task']}: {report['kind']}, format {report['format']}, spec {report['spec']}")
+    print(f"tokens under {args.backbone}'s tokenizer, max_length {report['max_length']}")
+    for split, part in report["splits"].items():
+        dropped = ", ".join(f"{reason} {n}" for reason, n in part["dropped"].items()) or "none"
+        print(f"\n[{split}] {part['kept']} examples kept of {part['examples']}; dropped: {dropped}; "
+              f"malformed records skipped: {part['skipped']['records']}")  # fmt: skip
+        for problem in part["skipped"]["first"]:
+            print(f"  skipped: {problem}")
+        if part["labels"]:
+            print("  labels: " + ", ".join(f"{label} {n}" for label, n in part["labels"].items()))
+        tokens = part["tokens"]
+        if tokens:
+            line = (f"  tokens: median {tokens['median']:g}, p95 {tokens['p95']:g}, max {tokens['max']}; "
+                    f"{tokens['passages_cut']} of {part['kept']} passages cut")  # fmt: skip
+            if "answers_cut" in tokens:
+                line += f", {tokens['answers_cut']} answers cut off"
+            print(line)
+        for example in part["shown"]:
+            passage = example["passage"].replace("\n", "\\n")  # one line per field
+            passage = passage if len(passage) <= 160 else passage[:157] + "..."
+            print(f"  - {example['source']}")
+            print(f"    query:   {example['query']}")
+            print(f"    passage: {passage}")
+            if example["options"]:
+                print(f"    options: {' | '.join(example['options'])}")
+            print(f"    answer:  {example['answer']}")
     return 0
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from modprompt.adapt.config import AdaptConfig
-from modprompt.cli import SPLIT_FLAGS, add_config_flags, add_data_argument, add_device_argument, config_flags
+from modprompt.cli import (
+    SPLIT_FLAGS,
+    add_config_flags,
+    add_data_argument,
+    add_device_argument,
+    add_lenient_argument,
+    config_flags,
+)
 
 #: command-line flags that set AdaptConfig fields of the same name (dashes for underscores)
 _CONFIG_FLAGS = {
@@ -49,6 +56,7 @@ def add_adapt(sub) -> None:
     add_data_argument(p)
     p.add_argument("--out", help="save the adapted parameters here (for `modprompt predict`)")
     p.add_argument("--router-shared", action="store_true", help="mp2: one router for all layers in stage 1")
+    add_lenient_argument(p)
     add_device_argument(p)
     add_config_flags(p, _CONFIG_FLAGS, AdaptConfig(method="mp2"))
     p.set_defaults(func=run_adapt)
@@ -57,19 +65,23 @@ def add_adapt(sub) -> None:
 def run_adapt(args: argparse.Namespace) -> int:
     from modprompt.adapt.run import adapt
     from modprompt.cli import data_root_arg, print_json
+    from modprompt.data.readers import collect_skips, skip_summary
 
     overrides = config_flags(args, _CONFIG_FLAGS)
     config = AdaptConfig(args.method, seed=args.seed, router_shared=args.router_shared, **overrides)
-    result = adapt(
-        config,
-        args.task,
-        data_root_arg(args.data),
-        bank=args.bank,
-        backbone=args.backbone,
-        task_spec=args.task_spec,
-        out=args.out,
-        device=args.device,
-    )
+    with collect_skips() as skipped:
+        result = adapt(
+            config,
+            args.task,
+            data_root_arg(args.data),
+            bank=args.bank,
+            backbone=args.backbone,
+            task_spec=args.task_spec,
+            out=args.out,
+            device=args.device,
+            lenient=args.lenient,
+        )
+    result["skipped"] = skip_summary(skipped)
     for stage in result["stages"]:
         stage.pop("evaluations")
     print_json(result)
@@ -92,6 +104,7 @@ def add_predict(sub) -> None:
     p.add_argument("--backbone", help="a local model folder or 'gemma-3-270m' (default: the recorded one)")
     p.add_argument("--bank", help="the bank folder (default: the recorded path; checked by sha256)")
     p.add_argument("--batch-size", type=int, default=16)
+    add_lenient_argument(p)
     add_device_argument(p)
     p.set_defaults(func=run_predict)
 
@@ -103,5 +116,5 @@ def run_predict(args: argparse.Namespace) -> int:
 
     spec = record_spec(read_adapted_config(args.adapted), args.input, args.task_spec, args.task)
     method = load_adapted(args.adapted, backbone=args.backbone, bank=args.bank, device=args.device)
-    print_json(predict_file(method, args.input, args.output, spec, args.batch_size))
+    print_json(predict_file(method, args.input, args.output, spec, args.batch_size, lenient=args.lenient))
     return 0

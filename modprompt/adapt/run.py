@@ -72,10 +72,12 @@ def adapt(
     task_spec: str | Path | None = None,
     out: str | Path | None = None,
     device: torch.device | str | None = None,
+    lenient: bool = False,
 ) -> dict:
     """Adapt to one task's few-shot split of ``config.seed``, test, optionally save to ``out``; the result.
 
-    ``task_spec`` (a user task spec, :mod:`modprompt.data.spec`) replaces ``task``. ``backbone`` defaults
+    ``task_spec`` (a user task spec, :mod:`modprompt.data.spec`) replaces ``task``. ``lenient`` skips
+    malformed records of the task's files instead of stopping (logged). ``backbone`` defaults
     to the bank's. ``device``: where to train (:func:`~modprompt.device.resolve_device`; None: where the
     backbone is). The result holds the method, task, seed, exact trainable parameter count, the test
     metrics and main ``metric`` (accuracy, else F1), the best dev score, optimisation time
@@ -94,7 +96,7 @@ def adapt(
     if METHODS[config.method].needs_bank and bank is None:
         raise ValueError(f"method {config.method!r} adapts a pre-trained prompt bank; give one (--bank)")
     recorded = read_bank_config(bank)["backbone"] if bank is not None else None
-    train, dev, test = fewshot_splits(task, config.seed, data_root, config.k_per_label)
+    train, dev, test = fewshot_splits(task, config.seed, data_root, config.k_per_label, lenient=lenient)
     dev, test = subset(dev, config.dev_limit), subset(test, config.test_limit)
     backbone = resolve_backbone(backbone, recorded)
     if recorded is not None:

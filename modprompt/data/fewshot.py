@@ -36,22 +36,25 @@ def _texts(example: MRCExample) -> tuple[str, ...]:
 
 
 def fewshot_splits(
-    task_name: str, seed: int, data_root: str | Path, k_per_label: int = 16
+    task_name: str, seed: int, data_root: str | Path, k_per_label: int = 16, *, lenient: bool = False
 ) -> tuple[list[MRCExample], list[MRCExample], list[MRCExample]]:
-    """``(train, dev, test)`` for one few-shot run of a downstream task; the same seed gives the same split."""
+    """``(train, dev, test)`` for one few-shot run of a downstream task; the same seed gives the same split.
+
+    ``lenient`` skips malformed records instead of stopping (see :mod:`modprompt.data.readers`)."""
     task = get_task(task_name)
     if task.fewshot == "fewclue":
         if seed not in FEWCLUE_SEEDS:
             raise ValueError(f"FewCLUE task {task_name!r} has official few-shot seeds 0..4, not {seed}")
-        return tuple(load_examples(task_name, s, data_root) for s in (f"train_{seed}", f"dev_{seed}", "test"))  # type: ignore[return-value]
+        splits = (f"train_{seed}", f"dev_{seed}", "test")
+        return tuple(load_examples(task_name, s, data_root, lenient) for s in splits)  # type: ignore[return-value]
     if task.fewshot != "sampled":
         raise ValueError(f"task {task_name!r} has an unknown few-shot scheme {task.fewshot!r}")
     if k_per_label < 1:
         raise ValueError(f"k_per_label must be at least 1, got {k_per_label}")
-    test = load_examples(task_name, "test", data_root) if "test" in task.splits else []
+    test = load_examples(task_name, "test", data_root, lenient) if "test" in task.splits else []
     in_test = {_texts(e) for e in test}
     groups: dict[int | None, list[MRCExample]] = defaultdict(list)
-    for example in load_examples(task_name, "train", data_root):
+    for example in load_examples(task_name, "train", data_root, lenient):
         if _texts(example) not in in_test:
             groups[example.label if task.label_words else None].append(example)
     rng = np.random.default_rng(seed)

@@ -1,0 +1,89 @@
+"""The user-task examples end to end on a tiny backbone: spec -> adapt -> save -> predict, with lenient reading.
+
+examples/squad_qa (extractive QA in the SQuAD layout) runs through the command line, examples/dialogue_mc
+(a dialogue followed by its questions, each with choices: JSON-array records) through the Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from modprompt.adapt.cli import add_adapt, add_predict
+from modprompt.adapt.config import AdaptConfig
+from modprompt.adapt.predict import predict_file, record_spec
+from modprompt.adapt.run import adapt, load_adapted, read_adapted_config
+from modprompt.backbone import load_backbone
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SQUAD_SPEC = EXAMPLES / "squad_qa" / "baike_qa.json"
+MC_SPEC = EXAMPLES / "dialogue_mc" / "duihua_mc.json"
+FAST = ["--k-per-label", "4", "--num-tokens", "4", "--max-steps", "2", "--eval-every", "2", "--batch-size", "4"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(required=True)
+    add_adapt(sub)
+    add_predict(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_squad_example_on_the_command_line(tiny_decoder, data_root, tmp_path, capsys):
+    out = tmp_path / "adapted"
+    common = ["--backbone", str(tiny_decoder)]
+    assert cli(["adapt", "--task-spec", str(SQUAD_SPEC), "--method", "pt", "--seed", "0", "--data", str(data_root),
+                "--out", str(out), "--lenient", *common, *FAST]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert (result["task"], result["examples"]) == ("baike_qa", {"train": 4, "dev": 4, "test": 10})
+    assert result["skipped"] == {"records": 0, "first": []} and set(result["test"]) >= {"exact_match", "f1"}
+
+    # The test file itself: the reloaded adaptation scores it exactly as the run did.
+    preds = tmp_path / "test-preds.jsonl"
+    test = SQUAD_SPEC.parent / "test.json"
+    assert cli(["predict", "--adapted", str(out), "--input", str(test), "--output", str(preds), *common]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["records"] == summary["labelled"] == 10 and summary["metrics"] == result["test"]
+    lines = [json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines()]
+    passages = {p["id"]: p["context"] for d in json.loads(test.read_text())["data"] for p in d["paragraphs"]}
+    assert len(lines) == 10 and all(line["prediction"] in passages[f"TEST_{i}"] for line, i in
+                                    zip(lines, [0, 0, 0, 1, 1, 2, 2, 2, 3, 3], strict=True))  # fmt: skip
+
+    # A user's file in the same layout: an unanswered question, a labelled one, and one without its question.
+    context = "秦始皇统一六国后，在全国推行统一的文字、货币和度量衡。"
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"data": [{"paragraphs": [{"context": context, "qas": [
+        {"id": "u1", "question": "秦始皇统一了哪些东西？"},
+        {"id": "u2", "question": "谁统一了六国？", "answers": [{"text": "秦始皇", "answer_start": 0}]},
+        {"id": "u3", "answers": [{"text": "货币", "answer_start": 18}]},
+    ]}]}]}, ensure_ascii=False), encoding="utf-8")  # fmt: skip
+    argv = ["predict", "--adapted", str(out), "--input", str(mine), "--output", str(tmp_path / "p.jsonl"), *common]
+    with pytest.raises(ValueError, match=r"mine.json, question 2: path 'question' gives nothing"):
+        cli(argv)
+    assert cli([*argv, "--lenient"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["records"], summary["labelled"], summary["skipped"]["records"]) == (2, 1, 1)
+    assert "question 2: path 'question' gives nothing" in summary["skipped"]["first"][0]
+    first, second = (json.loads(line) for line in (tmp_path / "p.jsonl").read_text(encoding="utf-8").splitlines())
+    assert first["label"] is None and first["prediction"] in context and second["label"] == "秦始皇"
+
+
+def test_dialogue_example_through_the_python_api(tiny_decoder, data_root, tmp_path):
+    backbone = load_backbone(tiny_decoder)
+    config = AdaptConfig("pt", k_per_label=4, num_tokens=4, max_steps=2, eval_every=2, batch_size=4)
+    result = adapt(config, None, data_root, backbone=backbone, task_spec=MC_SPEC, out=tmp_path / "mc")
+    assert (result["task"], result["examples"]) == ("duihua_mc", {"train": 4, "dev": 4, "test": 9})
+    method = load_adapted(tmp_path / "mc", backbone=backbone)
+    test = MC_SPEC.parent / "test.json"
+    spec = record_spec(read_adapted_config(tmp_path / "mc"), test)
+    summary = predict_file(method, test, tmp_path / "p.jsonl", spec)
+    assert summary["records"] == 9 and summary["metrics"]["accuracy"] == result["test"]["accuracy"]
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert lines[0]["source"].endswith("test.json:0/0") and lines[1]["source"].endswith("test.json:0/1")
+    assert set(lines[0]["scores"]) == {"五路", "十五路", "四路"} and lines[0]["label"] == "十五路"
