@@ -87,3 +87,32 @@ def test_dialogue_example_through_the_python_api(tiny_decoder, data_root, tmp_pa
     lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text(encoding="utf-8").splitlines()]
     assert lines[0]["source"].endswith("test.json:0/0") and lines[1]["source"].endswith("test.json:0/1")
     assert set(lines[0]["scores"]) == {"五路", "十五路", "四路"} and lines[0]["label"] == "十五路"
+
+
+def test_bbt_reads_a_spec_leniently(tiny_decoder, data_root, tmp_path):
+    from blackbox_helpers import tiny_bank
+
+    from modprompt.cli import main
+    from modprompt.data.fewshot import fewshot_splits
+    from modprompt.data.readers import DataError
+    from modprompt.data.spec import load_spec
+
+    # The dialogue example with one option listed twice (the record that stopped every run of a public set).
+    records = json.loads((MC_SPEC.parent / "train.json").read_text(encoding="utf-8"))
+    records[2][1][0]["choice"].append(records[2][1][0]["choice"][0])
+    (tmp_path / "train.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "test.json").write_text((MC_SPEC.parent / "test.json").read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "spec.json").write_text(MC_SPEC.read_text(encoding="utf-8"), encoding="utf-8")
+    task = load_spec(tmp_path / "spec.json").name
+    with pytest.raises(DataError, match=r"train.json, record 2, item 0: field 'item.choice' repeats an option"):
+        fewshot_splits(task, 0, data_root, 4)
+    bank = tiny_bank(tiny_decoder, tmp_path / "bank", fewshot_splits(task, 0, data_root, 4, lenient=True)[0])
+    out = tmp_path / "result.json"
+    argv = ["bbt", "--bank", str(bank), "--backbone", str(tiny_decoder), "--task-spec", str(tmp_path / "spec.json"),
+            "--method", "mp2-bb", "--preset", "cpu", "--router-evaluations", "2", "--router-initial-points", "2",
+            "--prompt-evaluations", "0", "--k-per-label", "4", "--state", str(tmp_path / "s.pkl"), "--out", str(out),
+            "--max-length", "128", "--test-limit", "4", "--lenient"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["examples"] == {"train": 4, "dev": 4, "test": 4}
+    assert result["skipped"]["records"] == 1 and "repeats an option" in result["skipped"]["first"][0]

@@ -16,7 +16,14 @@ import json
 import logging
 
 from modprompt.blackbox.params import Limits
-from modprompt.cli import SPLIT_FLAGS, add_config_flags, add_data_argument, add_device_argument, config_flags
+from modprompt.cli import (
+    SPLIT_FLAGS,
+    add_config_flags,
+    add_data_argument,
+    add_device_argument,
+    add_lenient_argument,
+    config_flags,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +130,9 @@ def add_bbt_parser(sub) -> None:
         help="with --server: a local copy of the served bank; only its prompt modules are read, to start mp2-bb's "
         "stage 2 at their routed mix as MP2's script does (checked against the server once)",
     )
-    p.add_argument("--task", required=True, help="a downstream task (`modprompt tasks --role downstream`)")
+    task = p.add_mutually_exclusive_group(required=True)
+    task.add_argument("--task", help="a downstream task (`modprompt tasks --role downstream`)")
+    task.add_argument("--task-spec", help="a user task spec JSON (see examples/own_task)")
     p.add_argument("--method", required=True, choices=["mp2-bb", "bbt", "bbtv2"])
     p.add_argument("--seed", type=int, default=0, help="few-shot split (FewCLUE: 0..4) and optimiser seed")
     p.add_argument(
@@ -134,6 +143,7 @@ def add_bbt_parser(sub) -> None:
         "4.5%% of BBT's and BBTv2's 8,000); flags override",
     )
     add_data_argument(p)
+    add_lenient_argument(p)
     p.add_argument("--state", help="state file (default runs/blackbox/METHOD-TASK-seedS.pkl); resumed if present")
     p.add_argument("--out", help="also write the full result (with the tuned numbers and history) here")
     p.add_argument("--api-key-file", help="file whose first line is the key (default: $MODPROMPT_API_KEY)")
@@ -154,10 +164,15 @@ def run_bbt(args: argparse.Namespace) -> int:
     from modprompt.blackbox.objective import InProcessObjective, RemoteObjective
     from modprompt.blackbox.tune import TuneConfig, load_bank_modules, tune_task
     from modprompt.cli import data_root_arg, print_json
+    from modprompt.data.readers import collect_skips, skip_summary
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the progress
     config = TuneConfig.preset(args.preset, args.method, args.seed, **config_flags(args, _TUNE_FLAGS),
                                **config_flags(args, _TUNE_CHOICES))
+    if args.task_spec:
+        from modprompt.data.spec import load_spec
+
+        args.task = load_spec(args.task_spec, replace=True).name
     state = args.state or f"runs/blackbox/{args.method}-{args.task}-seed{args.seed}.pkl"
     if args.bank_copy and not args.server:
         raise SystemExit("--bank-copy goes with --server (in-process, --bank's own modules are used)")
@@ -173,7 +188,9 @@ def run_bbt(args: argparse.Namespace) -> int:
         _set_threads(args.threads)
         scorer = Scorer.from_bank(args.bank, args.backbone, args.device, max_length=args.max_length)
         objective = InProcessObjective(scorer)
-    result = tune_task(objective, args.task, data_root_arg(args.data), config, state, modules)
+    with collect_skips() as skipped:
+        result = tune_task(objective, args.task, data_root_arg(args.data), config, state, modules, lenient=args.lenient)
+    result["skipped"] = skip_summary(skipped)
     result["server"] = args.server or "in-process"
     if args.server:
         result["http"] = objective.client.stats.to_dict()

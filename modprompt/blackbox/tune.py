@@ -545,11 +545,13 @@ def load_bank_modules(bank: str | Path) -> np.ndarray:
 
 
 def tune_task(objective: Objective, task: str, data_root: str | Path, config: TuneConfig,
-              state_path: str | Path | None = None, modules: np.ndarray | None = None) -> dict:  # fmt: skip
-    """``tune`` on a registered task's few-shot split of ``config.seed`` (as ``modprompt adapt`` splits it)."""
+              state_path: str | Path | None = None, modules: np.ndarray | None = None, *,
+              lenient: bool = False) -> dict:  # fmt: skip
+    """``tune`` on a registered task's few-shot split of ``config.seed`` (as ``modprompt adapt`` splits it);
+    ``lenient`` skips malformed records of the task's files instead of stopping."""
     from modprompt.data.fewshot import fewshot_splits
 
-    train, dev, test = fewshot_splits(task, config.seed, data_root, config.k_per_label)
+    train, dev, test = fewshot_splits(task, config.seed, data_root, config.k_per_label, lenient=lenient)
     if config.test_limit is not None or config.dev_limit is not None:
         from modprompt.adapt.run import subset
 
