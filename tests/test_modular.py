@@ -11,7 +11,7 @@ from modprompt.data.mrc import MRCExample
 from modprompt.head import span_loss
 from modprompt.modular.config import ModularPromptConfig
 from modprompt.modular.model import ModularPromptModel
-from modprompt.modular.router import Router, annealed_temperature, relaxed_bernoulli
+from modprompt.modular.router import Router, annealed_temperature, log_selection, route_weights
 
 N_TOKENS = 4
 
@@ -101,11 +101,26 @@ def test_router_sampling_and_inference():
     assert torch.equal(router(ids), router(ids))  # sigmoid at inference: deterministic
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     assert torch.equal(router(ids, 0.5, g1), router(ids, 0.5, g2))
-    sample = relaxed_bernoulli(torch.zeros(10000), 0.1, torch.Generator().manual_seed(0))
+    sample = log_selection(torch.zeros(10000), 0.1, torch.Generator().manual_seed(0)).exp()
     assert 0 <= sample.min() and sample.max() <= 1
     assert ((sample < 0.05) | (sample > 0.95)).float().mean() > 0.8  # low temperature: nearly binary
     assert abs(float(sample.mean()) - 0.5) < 0.03
     assert torch.allclose(router(ids, 1.0).sum(-1), torch.ones(2, 3), atol=1e-5)
+
+
+def test_route_weights_sum_to_one_when_every_selection_underflows():
+    # Negative logits at a low temperature: every relaxed sample underflows in float32, and the old
+    # s / (Σ s + 1e-6) gave weights summing to ~0, silently shrinking the prompt.
+    logits = torch.full((4, 3, 8), -20.0)
+    for temperature in (0.1, 0.01, None):
+        weights = route_weights(logits, temperature, torch.Generator().manual_seed(0))
+        assert torch.allclose(weights.sum(-1), torch.ones(4, 3), atol=1e-6), temperature
+        assert torch.isfinite(weights).all()
+    assert torch.sigmoid(torch.tensor(-20.0 / 0.01)) == 0  # the underflow the test is about
+    # Where nothing underflows the weights are exactly the normalised sigmoids.
+    logits = torch.randn(5, 8)
+    expected = torch.sigmoid(logits) / torch.sigmoid(logits).sum(-1, keepdim=True)
+    assert torch.allclose(route_weights(logits), expected, atol=1e-6)
 
 
 def test_temperature_annealing():

@@ -4,31 +4,45 @@ A router holds K logits per task and layer (``per_layer``) or K per task shared 
 (``shared``: exactly K = 8 trainable numbers for a new task). While training, module selection is a
 relaxed Bernoulli (Gumbel-sigmoid) sample at a temperature annealed towards hard choices; at
 inference it is the plain sigmoid. The selected weights are normalised to sum to 1 over modules.
+
+The normalisation is done in log space (a softmax of the log-selections, which equals
+``s / Σ s`` exactly): at a low temperature with negative logits every sample can underflow, and a
+plain ``s / (Σ s + ε)`` would then shrink the whole prompt towards zero instead of keeping weights
+that sum to 1.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 _EPS = 1e-6
 
 
-def relaxed_bernoulli(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A differentiable sample in (0, 1) of Bernoulli(sigmoid(logits)) (Gumbel-sigmoid / binary concrete).
+def log_selection(
+    logits: torch.Tensor, temperature: float | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """log s of each module's selection s in (0, 1).
 
-    The noise is drawn on the generator's device (the CPU for a CPU generator) and then moved to the
-    logits', so a seeded run samples the same routes on every device.
+    ``temperature`` set: a relaxed-Bernoulli (Gumbel-sigmoid / binary concrete) sample of
+    Bernoulli(sigmoid(logits)); ``None``: the plain sigmoid. The noise is drawn on the generator's
+    device (the CPU for a CPU generator) and then moved to the logits', so a seeded run samples the
+    same routes on every device.
     """
+    if temperature is None:
+        return F.logsigmoid(logits)
     device = generator.device if generator is not None else logits.device
     u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=device).to(logits.device)
     u = u.clamp(_EPS, 1 - _EPS)
-    return torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
+    return F.logsigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
 
 
-def normalise(selection: torch.Tensor) -> torch.Tensor:
-    """Scale selection weights to sum to 1 over the module axis (the last)."""
-    return selection / (selection.sum(-1, keepdim=True) + _EPS)
+def route_weights(
+    logits: torch.Tensor, temperature: float | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Module weights that sum to exactly 1 over the last axis: ``s / Σ s`` for the selections s."""
+    return torch.softmax(log_selection(logits, temperature, generator), dim=-1)
 
 
 class Router(nn.Module):
@@ -61,8 +75,7 @@ class Router(nn.Module):
         logits = self.logits[task_ids]
         if self.shared:
             logits = logits.unsqueeze(1).expand(-1, self.num_layers, -1)
-        selection = torch.sigmoid(logits) if temperature is None else relaxed_bernoulli(logits, temperature, generator)
-        return normalise(selection)
+        return route_weights(logits, temperature, generator)
 
 
 def annealed_temperature(step: int, total_steps: int, start: float, end: float) -> float:
