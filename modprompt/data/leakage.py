@@ -4,7 +4,9 @@ The downstream side is every split of every built-in downstream task (the FewCLU
 ``*_few_all`` files and ``test_public``, and all of ChnSentiCorp), collected from the ``texts`` of the examples
 as loaded, i.e. after cleaning: an input that cleaning removed from a downstream split (ChnSentiCorp's texts
 with conflicting labels) is never trained or evaluated on, so seeing it upstream leaks nothing. Texts are
-compared with whitespace and zero-width characters removed (:func:`~modprompt.data.builtin.convert.normalise`).
+compared in :func:`leak_key` form: Unicode NFKC, case-folded, without punctuation, symbols, whitespace or
+invisible characters, so that a review copied with full-width punctuation, another case or other spacing
+still counts as the same text.
 
 Rule, per upstream example:
 
@@ -22,25 +24,35 @@ The downstream text index is built once per data root (``functools.lru_cache``).
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from modprompt.data.builtin import DOWNSTREAM_TASKS
-from modprompt.data.builtin.convert import normalise
 from modprompt.data.mrc import MRCExample
 from modprompt.data.task import get_task
 
 logger = logging.getLogger(__name__)
 
-#: a text shared by a pair example and a downstream example is a leak from this length on (characters,
-#: whitespace removed)
+#: a text shared by a pair example and a downstream example is a leak from this length on (characters of its
+#: :func:`leak_key`)
 MIN_SHARED_CHARS = 10
+
+# Punctuation (P*), symbols (S*), separators (Z*) and control/format characters (C*) are what copies of one
+# text differ in; letters, marks and digits are what they share.
+_DROPPED_CATEGORIES = ("P", "S", "Z", "C")
+
+
+def leak_key(text: str) -> str:
+    """The form in which texts are compared for leakage (see the module docstring)."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in folded if not unicodedata.category(ch).startswith(_DROPPED_CATEGORIES))
 
 
 @dataclass(frozen=True)
 class DownstreamIndex:
-    """The whitespace-free downstream texts and text sets that upstream examples are checked against."""
+    """The downstream texts (in :func:`leak_key` form) and text sets that upstream examples are checked against."""
 
     texts: frozenset[str]
     text_sets: frozenset[frozenset[str]]
@@ -50,7 +62,7 @@ class DownstreamIndex:
         texts: set[str] = set()
         text_sets: set[frozenset[str]] = set()
         for example in examples:
-            normalised = [normalise(t) for t in example.texts]
+            normalised = [leak_key(t) for t in example.texts]
             texts.update(normalised)
             if len(normalised) > 1:
                 text_sets.add(frozenset(normalised))
@@ -58,9 +70,9 @@ class DownstreamIndex:
 
     def leaks(self, example: MRCExample) -> bool:
         """Whether an upstream example shares its input with downstream data (see the module docstring)."""
-        normalised = [normalise(t) for t in example.texts]
+        normalised = [leak_key(t) for t in example.texts]
         if len(normalised) == 1:
-            return normalised[0] in self.texts
+            return bool(normalised[0]) and normalised[0] in self.texts
         if frozenset(normalised) in self.text_sets:
             return True
         return any(len(t) >= MIN_SHARED_CHARS and t in self.texts for t in normalised)
