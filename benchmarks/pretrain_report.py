@@ -4,6 +4,12 @@ Reads the run folder written by ``modprompt pretrain`` or ``modprompt prefinetun
 ``history.json``, or the latest checkpoint of a run still in progress) and compares the per-task
 held-out metric of the first evaluation (the untrained bank or model, step 0) with the last.
 
+For a pre-training run it also diagnoses the routing, from the bank file alone (``--bank``, default the
+run's ``bank/``): per task, the normalised entropy of its route (1.0 = uniform over the K modules,
+mean over layers) and its largest module weight (mean over layers); each module's usage over tasks;
+and the task × task similarity of routes (cosine of the layers × K weights), drawn as a heat map with
+the tasks grouped by kind. Identical routes for every task give similarity 1.0 everywhere.
+
     python benchmarks/pretrain_report.py --run-dir benchmarks/runs/pretrain-gemma --name pretrain-gemma
     python benchmarks/pretrain_report.py --stage prefinetune --run-dir runs/prefinetune-gemma --name prefinetune-gemma
 """
@@ -16,10 +22,124 @@ import statistics
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from modprompt.evaluate import main_metric
+from modprompt.modular.model import WEIGHTS_NAME, read_bank_config
+from modprompt.modular.router import route_weights
 
 RESULTS = Path(__file__).parent / "results"
+
+#: the upstream tasks by what they ask, for grouping the route-similarity heat map; a task not listed
+#: (a bank pre-trained on other tasks) is grouped under its kind
+GROUPS = {
+    "sentiment": ["book_review", "chnsenticorp_htl", "ewect", "waimai", "shopping_books", "shopping_clothes",
+                  "shopping_computer", "shopping_fruit", "shopping_heater", "shopping_hotel", "shopping_mengniu",
+                  "shopping_phone", "shopping_shampoo", "shopping_tablet"],
+    "topic": ["thucnews", "shopping_category", "csl_category", "kuake_qic", "chip_ctc"],
+    "nli": ["cmnli", "snli", "cinlid"],
+    "paraphrase / similarity": ["afqmc", "pawsx", "oppo", "chip_sts", "kuake_qqr", "kuake_qtr", "stsb"],
+    "relation": ["finre", "sanwen"],
+    "coreference / keywords": ["cluewsc", "csl"],
+    "multiple choice": ["ccpm"],
+    "extractive QA": ["cmrc2018"],
+}  # fmt: skip
+
+
+def task_group(task: str) -> str:
+    for group, tasks in GROUPS.items():
+        if task in tasks:
+            return group
+    from modprompt.data.task import get_task
+
+    return get_task(task).kind.value
+
+
+def routing_diagnostics(bank_dir: Path) -> dict:
+    """Route entropy, largest weight, module usage and route similarity of the bank saved in ``bank_dir``."""
+    meta = read_bank_config(bank_dir)
+    logits = load_file(bank_dir / WEIGHTS_NAME)["router.logits"].double()
+    if logits.dim() == 2:  # a shared router: the same K logits at every layer
+        logits = logits[:, None].expand(-1, meta["prompt"]["num_layers"], -1)
+    weights = route_weights(logits)  # (tasks, layers, K)
+    k = weights.shape[-1]
+    entropy = -(weights * weights.log()).sum(-1) / torch.log(torch.tensor(float(k)))
+    largest = weights.amax(-1)
+    flat = weights.flatten(1)
+    flat = flat / flat.norm(dim=1, keepdim=True)
+    tasks = meta["tasks"]
+    order = sorted(range(len(tasks)), key=lambda i: (list(GROUPS).index(g) if (g := task_group(tasks[i])) in GROUPS
+                                                   else len(GROUPS), g, tasks[i]))  # fmt: skip
+    similarity = flat @ flat.T
+    groups = [task_group(t) for t in tasks]
+    same = [(i, j) for i in range(len(tasks)) for j in range(len(tasks)) if i != j and groups[i] == groups[j]]
+    other = [(i, j) for i in range(len(tasks)) for j in range(len(tasks)) if groups[i] != groups[j]]
+    return {
+        "bank": str(bank_dir),
+        "logits_min": float(logits.min()),
+        "logits_max": float(logits.max()),
+        "per_task": {
+            t: {"group": groups[i], "entropy": float(entropy[i].mean()), "largest_weight": float(largest[i].mean())}
+            for i, t in enumerate(tasks)
+        },
+        "mean_entropy": float(entropy.mean()),
+        "mean_largest_weight": float(largest.mean()),
+        # each module's mean weight over tasks and layers, and how many (task, layer) routes it leads
+        "module_usage": weights.mean((0, 1)).tolist(),
+        "module_leads": torch.bincount(weights.argmax(-1).flatten(), minlength=k).tolist(),
+        "similarity_order": [tasks[i] for i in order],
+        "similarity": similarity[order][:, order].tolist(),
+        "mean_similarity_same_group": float(sum(similarity[i, j] for i, j in same) / max(len(same), 1)),
+        "mean_similarity_other_groups": float(sum(similarity[i, j] for i, j in other) / max(len(other), 1)),
+    }
+
+
+def routing_markdown(d: dict, name: str) -> list[str]:
+    lines = [
+        "",
+        f"## Routing (from `{d['bank']}`)",
+        "",
+        f"Router logits lie in [{d['logits_min']:.2f}, {d['logits_max']:.2f}]. Mean normalised route entropy "
+        f"over tasks and layers: **{d['mean_entropy']:.3f}** (1.0 = uniform); mean largest module weight: "
+        f"**{d['mean_largest_weight']:.3f}** (uniform: {1 / len(d['module_usage']):.3f}).",
+        "",
+        f"Route similarity (cosine of the layers × K weights), mean over task pairs of one group: "
+        f"{d['mean_similarity_same_group']:.3f}; of different groups: {d['mean_similarity_other_groups']:.3f}. "
+        f"Heat map: `{name}-routes.png`.",
+        "",
+        "Module usage (mean weight over tasks and layers; routes led):",
+        "",
+        "| module | " + " | ".join(str(i) for i in range(len(d["module_usage"]))) + " |",
+        "|---|" + "---:|" * len(d["module_usage"]),
+        "| mean weight | " + " | ".join(f"{u:.3f}" for u in d["module_usage"]) + " |",
+        "| routes led | " + " | ".join(str(n) for n in d["module_leads"]) + " |",
+        "",
+        "| task | group | route entropy | largest weight |",
+        "|---|---|---:|---:|",
+        *[f"| {t} | {v['group']} | {v['entropy']:.3f} | {v['largest_weight']:.3f} |"
+          for t, v in sorted(d["per_task"].items(), key=lambda kv: (kv[1]["group"], kv[0]))],
+    ]  # fmt: skip
+    return lines
+
+
+def plot_similarity(d: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = d["similarity_order"]
+    fig, ax = plt.subplots(figsize=(10, 9))
+    image = ax.imshow(d["similarity"], vmin=0, vmax=1, cmap="viridis")
+    labels = [f"{t} ({d['per_task'][t]['group']})" for t in tasks]
+    ax.set_xticks(range(len(tasks)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(tasks)), labels, fontsize=7)
+    fig.colorbar(image, ax=ax, fraction=0.04, label="route similarity (cosine)")
+    ax.set_title(f"task × task route similarity; mean entropy {d['mean_entropy']:.2f}, "
+                 f"mean largest weight {d['mean_largest_weight']:.2f}")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def load_run(run_dir: Path) -> dict:
@@ -36,6 +156,7 @@ def main() -> None:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--name", required=True, help="results file stem under benchmarks/results/")
     parser.add_argument("--stage", choices=["pretrain", "prefinetune"], default="pretrain", help="the run's command")
+    parser.add_argument("--bank", help="the bank whose routing to diagnose (pretrain; default: RUN_DIR/bank)")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
     run = load_run(run_dir)
@@ -70,6 +191,9 @@ def main() -> None:
         "mean_trained": mean("trained"),
         "loss_curve": [(h["step"], h["loss"]) for h in run["history"]],
     }
+    if args.stage == "pretrain":
+        result["routing"] = routing_diagnostics(Path(args.bank) if args.bank else run_dir / "bank")
+        plot_similarity(result["routing"], RESULTS / f"{args.name}-routes.png")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
 
@@ -121,6 +245,8 @@ def main() -> None:
             *[f"| {t} | {v['untrained']:.3f} | {v['trained']:.3f} |" for t, v in sorted(per_task.items())],
             f"| **mean** | **{result['mean_untrained']:.3f}** | **{result['mean_trained']:.3f}** |",
         ]
+    if "routing" in result:
+        lines += routing_markdown(result["routing"], args.name)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -78,3 +78,88 @@ def test_torchrun_two_ranks_hold_identical_parameters(tmp_path, tiny_encoder, da
         assert summary["world_size"] == 2 and summary["steps"] == 3
         assert summary["max_difference_between_ranks"] == 0.0
     assert (tmp_path / "ddp" / "bank" / "bank.safetensors").is_file()
+
+
+def test_warm_start_keeps_the_bank_and_head_and_drops_cut_answers(tmp_path, tiny_decoder, data_root):
+    import torch
+    from safetensors.torch import load_file
+
+    from modprompt.data.encoding import EncodingConfig, MRCEncoder
+    from modprompt.data.registry import load_examples
+    from modprompt.modular.pretrain import pretrain
+
+    source = PretrainConfig.from_json(_config(tmp_path, tiny_decoder, steps=2, eval_at_start=False))
+    pretrain(source, tmp_path / "source", data_root)
+    warm = PretrainConfig.from_json(_config(tmp_path, tiny_decoder, steps=2, eval_at_start=False))
+    warm.tasks = [*TASKS, "cmrc2018"]
+    warm.init_from = str(tmp_path / "source" / "bank")
+    summary = pretrain(warm, tmp_path / "warm", data_root, until=0)  # step 0: the warm start as it is
+
+    before = load_file(tmp_path / "source" / "bank" / "bank.safetensors")
+    after = load_file(tmp_path / "warm" / "bank" / "bank.safetensors")
+    for name in ("bank.modules_z", "bank.projection", "bank.layer_scale", "head.weight", "head.bias"):
+        assert torch.equal(before[name], after[name]), name
+    assert after["router.logits"].shape[0] == 4 and after["router.logits"].abs().max() <= 1e-2  # fresh routers
+
+    # Every CMRC 2018 training example whose answer the 96-token encoding cuts away is dropped, and counted.
+    encoder = MRCEncoder(load_backbone(tiny_decoder).tokenizer, EncodingConfig(96, 4))
+    cut = sum(e.answer_lost for e in encoder.encode_all(load_examples("cmrc2018", "train", data_root), report=False))
+    assert cut > 0 and summary["unreachable_dropped"] == {"cmrc2018": cut}
+    training = json.loads((tmp_path / "warm" / "bank" / "bank_config.json").read_text())["training"]
+    assert training["unreachable_dropped"] == {"cmrc2018": cut}
+
+    wrong = PretrainConfig.from_json(_config(tmp_path, tiny_decoder, steps=2))
+    wrong.num_tokens, wrong.init_from = 5, str(tmp_path / "source" / "bank")
+    with pytest.raises(ValueError, match="num_tokens is 4 in the bank but 5 here"):
+        pretrain(wrong, tmp_path / "wrong", data_root, until=0)
+
+
+def test_route_entropy_term_is_added_to_the_span_loss(tiny_decoder):
+    import torch
+
+    from modprompt.data.encoding import EncodingConfig, MRCEncoder
+    from modprompt.data.mrc import MRCExample
+    from modprompt.head import span_loss
+    from modprompt.modular.config import ModularPromptConfig
+    from modprompt.modular.pretrain import ModularPromptObjective, route_entropy
+
+    backbone = load_backbone(tiny_decoder)
+    model = ModularPromptModel(backbone, ModularPromptConfig(backbone.num_layers, backbone.hidden_size, 8, 4, 4), ["a", "b"])
+    with torch.no_grad():
+        model.router.logits[0] = -5.0
+        model.router.logits[0, :, 0] = 5.0  # task a uses module 0 alone
+    encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(64, 4))
+    batch = encoder.collate(encoder.encode_all([MRCExample("a", "好吗", "很好", ("否", "是"), 1)] * 2))
+    objective = ModularPromptObjective(model, encoder, 0.1, 0.1, 10, route_entropy_weight=0.5)
+    start, end = model(batch, model.task_ids(["a", "a"]), objective.temperature(0), torch.Generator().manual_seed(0))
+    expected = span_loss(start, end, batch) + 0.5 * route_entropy(model.router.logits[[0, 0]]).mean()
+    assert torch.allclose(objective.loss(batch, ["a", "a"], 0, torch.Generator().manual_seed(0)), expected)
+    entropy = route_entropy(model.router.logits)
+    assert torch.allclose(entropy[1], torch.ones(backbone.num_layers), atol=1e-3)  # near-uniform: about 1
+    assert (entropy[0] < 0.2).all()
+
+
+def test_trainer_step_benchmark_lays_out_pretraining_steps_four_ways(tmp_path, tiny_decoder, data_root, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(benchmarks)  # as when run as a script: it imports machine beside it
+    spec = importlib.util.spec_from_file_location("trainer_step", benchmarks / "trainer_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = json.loads(_config(tmp_path, tiny_decoder).read_text())
+    config["max_length"] = 512  # long enough that lengths differ
+    config["train"] |= {"batch_size": 4, "grad_accum": 2}
+    (tmp_path / "pretrain.json").write_text(json.dumps(config))
+    argv = ["--stage", "pretrain", "--config", str(tmp_path / "pretrain.json"), "--data", str(data_root), "--padding-steps", "20",
+            "--steps", "2", "--out", str(tmp_path / "step.json")]  # fmt: skip
+    result = bench.main(argv)
+    assert result["stage"] == "pretrain" and result["optimizer_update"] == {}
+    one, per_task, mixed, grouped = result["layouts"].values()
+    # One task per micro-batch pads less than tasks mixed in one micro-batch; grouping by length helps mixing.
+    share = {name: layout["real"] / layout["padded"] for name, layout in result["layouts"].items()}
+    assert share[list(share)[1]] >= share[list(share)[2]] and grouped["padded"] / grouped["real"] <= mixed["padded"] / mixed["real"]
+    assert one["speedup"] == 1.0 and all(layout["timed_real_tokens"] > 0 for layout in result["layouts"].values())
+    table = (tmp_path / "step.md").read_text()
+    assert "| 2 tasks, 1 micro-batch each |" in table and result["command"] in table

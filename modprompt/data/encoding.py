@@ -287,3 +287,17 @@ class MRCEncoder:
         if self.device is not None and self.device.type != "cpu":
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         return batch
+
+
+def drop_unreachable(examples: list[MRCExample], encoder: MRCEncoder) -> tuple[list[MRCExample], int]:
+    """The examples without those whose extractive answer the encoder's truncation cuts away, and their count.
+
+    Such an example has no answer span to train on (its loss is ignored), so in a training set it only
+    inflates the count of examples seen. Option examples always keep their answer and are kept.
+    """
+    extractive = [i for i, e in enumerate(examples) if e.span is not None]
+    if not extractive:
+        return examples, 0
+    encoded = encoder.encode_all([examples[i] for i in extractive], report=False)
+    lost = {i for i, e in zip(extractive, encoded) if e.answer_lost}
+    return [e for i, e in enumerate(examples) if i not in lost], len(lost)

@@ -163,15 +163,31 @@ class ModularPromptModel(nn.Module):
             )
         model = cls(backbone, config, meta["tasks"])
         model.router.shared = meta["router_shared"]
-        weights = load_file(directory / WEIGHTS_NAME)
-        with torch.no_grad():
-            model.bank.modules_z.copy_(weights["bank.modules_z"])
-            model.bank.projection.copy_(weights["bank.projection"])
-            model.bank.layer_scale.copy_(weights["bank.layer_scale"])
-            model.router.logits = nn.Parameter(weights["router.logits"])
-            model.head.proj.weight.copy_(weights["head.weight"])
-            model.head.proj.bias.copy_(weights["head.bias"])
+        model.load_weights(directory)
         return model
+
+    def load_weights(self, directory: str | Path, router: bool = True) -> None:
+        """Copy the bank, head and (``router``) routers saved in ``directory`` into this model.
+
+        Without ``router`` the model keeps its own routers: a bank warm-starts a run over other tasks or
+        with other routes. A bank of another shape fails naming the dimension.
+        """
+        saved = ModularPromptConfig.from_dict(read_bank_config(directory)["prompt"])
+        for name in ("num_layers", "hidden_size", "num_modules", "num_tokens", "rank"):
+            if getattr(saved, name) != getattr(self.config, name):
+                raise ValueError(
+                    f"bank {directory} does not fit this model: {name} is {getattr(saved, name)} in the bank "
+                    f"but {getattr(self.config, name)} here"
+                )
+        weights = load_file(Path(directory) / WEIGHTS_NAME)
+        with torch.no_grad():
+            self.bank.modules_z.copy_(weights["bank.modules_z"])
+            self.bank.projection.copy_(weights["bank.projection"])
+            self.bank.layer_scale.copy_(weights["bank.layer_scale"])
+            self.head.proj.weight.copy_(weights["head.weight"])
+            self.head.proj.bias.copy_(weights["head.bias"])
+            if router:
+                self.router.logits = nn.Parameter(weights["router.logits"].to(self.router.logits.device))
 
 
 def read_bank_config(directory: str | Path) -> dict:

@@ -1,15 +1,30 @@
 """Multi-task pre-training of a deep modular prompt bank (MP2 stage 0).
 
 The backbone stays frozen; the bank's modules and projections, the per-task routers and the MRC head
-train on the upstream mixture, one uniformly drawn task per micro-batch. Routers learn at MP2's
-5e-4, the bank and head at 1e-4, and routing is a relaxed-Bernoulli sample whose temperature anneals
-over the run.
+train on the upstream mixture, one uniformly drawn task per micro-batch (as in MP2), and routing is a
+relaxed-Bernoulli sample whose temperature anneals over the run (as in MP2).
+
+Where this departs from MP2, and why (measured in ``benchmarks/results/pretrain-probes.md``):
+
+* MP2 trains for about 1M steps; a 2-core CPU affords a few thousand. The learning rates are the
+  config's (``modprompt/configs/pretrain-gemma.json``), far above what a million-step run uses, and the
+  router's is the largest, so that routes can move in the few hundred updates each task gets.
+* ``train.grad_accum`` micro-batches per step, each of one task, so one step updates several tasks'
+  routers at the cost of one batch; a micro-batch of one task is also the layout with least padding.
+* ``init_from`` warm-starts the modules, projection, layer scales and head from an earlier bank
+  (the routers start fresh), so a short run starts from that bank's quality instead of from noise.
+* Extractive examples whose answer the truncation to ``max_length`` cuts away are dropped before
+  training (they would train nothing yet count as seen); the count per task is kept in the bank's
+  training record.
+* ``route_entropy_weight`` (0 by default) adds the mean normalised entropy of the batch's routes to the
+  loss, a pull towards sparse routes that MP2 does not have.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
@@ -17,7 +32,7 @@ from typing import TypeVar
 import torch
 
 from modprompt.backbone import load_backbone
-from modprompt.data.encoding import EncodingConfig, MRCEncoder
+from modprompt.data.encoding import EncodingConfig, MRCEncoder, drop_unreachable
 from modprompt.data.mrc import MRCExample, Role
 from modprompt.data.registry import load_examples
 from modprompt.data.task import all_tasks, get_task
@@ -25,7 +40,7 @@ from modprompt.device import resolve_device
 from modprompt.head import span_loss
 from modprompt.modular.config import ModularPromptConfig
 from modprompt.modular.model import ModularPromptModel
-from modprompt.modular.router import annealed_temperature
+from modprompt.modular.router import annealed_temperature, route_weights
 from modprompt.training.trainer import MultiTaskObjective, MultiTaskTrainer, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -72,6 +87,10 @@ class PretrainConfig(UpstreamRunConfig):
 
     lr_router: float = 5e-4
     lr_prompt: float = 1e-4
+    #: a saved bank whose modules, projection, layer scales and head start the run (the routers start fresh)
+    init_from: str | None = None
+    #: weight of the routes' mean normalised entropy in the loss (0: MP2's loss alone)
+    route_entropy_weight: float = 0.0
     num_modules: int = 8
     num_tokens: int = 16
     rank: int = 16
@@ -96,13 +115,22 @@ class PretrainConfig(UpstreamRunConfig):
 class ModularPromptObjective(MultiTaskObjective):
     """Span loss of a modular-prompt model under sampled routing; the backbone never trains."""
 
-    def __init__(self, model: ModularPromptModel, encoder: MRCEncoder, lr_router: float, lr_prompt: float, steps: int):
+    def __init__(
+        self,
+        model: ModularPromptModel,
+        encoder: MRCEncoder,
+        lr_router: float,
+        lr_prompt: float,
+        steps: int,
+        route_entropy_weight: float = 0.0,
+    ):
         self.module = model
         self.model = model
         self.encoder = encoder
         self.lr_router = lr_router
         self.lr_prompt = lr_prompt
         self.steps = steps
+        self.route_entropy_weight = route_entropy_weight
         model.backbone.freeze()
 
     def param_groups(self) -> list[dict]:
@@ -117,11 +145,21 @@ class ModularPromptObjective(MultiTaskObjective):
         return annealed_temperature(step, self.steps, c.temperature_start, c.temperature_end)
 
     def loss(self, batch: dict, tasks: list[str], step: int, generator: torch.Generator) -> torch.Tensor:
-        start, end = self.model(batch, self.model.task_ids(tasks), self.temperature(step), generator)
-        return span_loss(start, end, batch)
+        task_ids = self.model.task_ids(tasks)
+        start, end = self.model(batch, task_ids, self.temperature(step), generator)
+        loss = span_loss(start, end, batch)
+        if self.route_entropy_weight:
+            loss = loss + self.route_entropy_weight * route_entropy(self.model.router.logits[task_ids]).mean()
+        return loss
 
     def forward(self, batch: dict, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(batch, self.model.task_ids(tasks))
+
+
+def route_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Normalised entropy (1 = uniform) of the inference routes of router logits (..., K), per route."""
+    weights = route_weights(logits)
+    return -(weights * weights.clamp_min(1e-12).log()).sum(-1) / math.log(weights.shape[-1])
 
 
 def upstream_data(
@@ -179,12 +217,23 @@ def pretrain(
     device = resolve_device(device)
     run_dir, tasks, train, held_out = start_run(config, run_dir, data_root)
     model, encoder = build_model(config, tasks, config.train.seed, device)
-    sample = [example for name in tasks for example in train[name][:2]]
-    model.calibrate(encoder.collate(encoder.encode_all(sample)))
-    objective = ModularPromptObjective(model, encoder, config.lr_router, config.lr_prompt, config.train.steps)
+    if config.init_from:
+        model.load_weights(config.init_from, router=False)
+    else:
+        sample = [example for name in tasks for example in train[name][:2]]
+        model.calibrate(encoder.collate(encoder.encode_all(sample)))
+    unreachable = {}
+    for name in tasks:
+        train[name], unreachable[name] = drop_unreachable(train[name], encoder)
+        if unreachable[name]:
+            logger.info("%s: dropped %d training examples whose answer is cut away at max_length %d",
+                        name, unreachable[name], config.max_length)  # fmt: skip
+    objective = ModularPromptObjective(
+        model, encoder, config.lr_router, config.lr_prompt, config.train.steps, config.route_entropy_weight
+    )
     trainer = MultiTaskTrainer(objective, config.train, train, held_out, run_dir)
-    summary = trainer.run(until)
+    summary = trainer.run(until) | {"unreachable_dropped": {k: v for k, v in unreachable.items() if v}}
     if trainer.rank == 0:
-        keys = ("finished", "steps", "examples_seen", "tokens_seen", "train_seconds", "mean_held_out")
+        keys = ("finished", "steps", "examples_seen", "tokens_seen", "train_seconds", "mean_held_out", "unreachable_dropped")
         model.save_pretrained(run_dir / "bank", training={k: summary[k] for k in keys} | {"config": config.to_dict()})
     return summary
