@@ -2,8 +2,14 @@
 
 The softmax over start (and end) positions runs over the candidate positions only: an option task's
 candidates are its options' first (last) tokens, an extractive task's the passage tokens. The span
-loss is then MP2's start and end cross-entropy; an option's score is the product of its start and end
-probabilities (a sum of log-probabilities), and the prediction is the best-scoring option.
+loss is the sum of the start and end cross-entropies over those candidates; an option's score is the
+product of its start and end probabilities (a sum of log-probabilities), and the prediction is the
+best-scoring option.
+
+Where this differs from MP2: MP2's start and end cross-entropy runs over every token of the input. Over
+the candidates only, an option task's loss is a classification loss among its options (no probability
+is spent on tokens that can never be the answer, such as the query's), and training and prediction
+look at the same set of positions. The two agree when the candidates are all the tokens.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ ones it trains. Defaults and why:
   sample whose logistic noise has a standard deviation near 1.8; at 0.2 per Adam step a logit reaches a
   confident ±4 in about 20 steps, a few epochs of a 16-shot task (MP2 and black-box tuning also move
   routing logits with large steps).
-* ``lr_prompt`` 1e-3: MP2 stage 2 tunes the pre-trained bank's modules and projections, ten times the
-  pre-training rate (1e-4): they start from a good point and few-shot runs are short.
+* ``lr_prompt`` 1e-3: MP2 stage 2 tunes the pre-trained bank's modules and projections at the rate the
+  released bank was pre-trained with (``modprompt/configs/pretrain-gemma.json``): they start from a good
+  point and few-shot runs are short.
 * ``lr_soft_prompt`` 1e-2: prompts trained from scratch (``pt``, ``deep-pt``) are measured in units of the
   hidden-state RMS at their layer (see :mod:`modprompt.adapt.methods`), so 1e-2 is a 1% step of the
   typical hidden size on every backbone (P-tuning v2 uses 5e-3 to 1e-2).

@@ -15,8 +15,8 @@ Methods (trainable numbers for Gemma 3 270M: 18 layers, hidden 640, K 8, n 16, r
 * ``route-only`` (8): only a router shared by all layers, K numbers.
 * ``route-per-layer`` (144): only a per-layer router, layers × K numbers.
 * ``pt`` (11,522): vanilla prompt tuning, n soft tokens at the input layer plus a fresh head.
-* ``deep-pt`` (185,602): free prompts at every layer trained from scratch (P-tuning v2 style) plus a
-  fresh head; no bank.
+* ``deep-pt`` (185,602): free prompts at every layer trained from scratch plus a fresh head; no bank.
+  Deep prompts as P-tuning v2 has them, in MP2's form (see :class:`DeepPromptTuning`).
 * ``ft`` (268,099,458: every backbone weight + head): full fine-tuning with a fresh head and no prompts.
 
 The bank methods reuse the bank's pre-trained MRC head, frozen: it was trained with the bank on every
@@ -359,13 +359,18 @@ class PromptTuning(AdaptMethod):
 
 
 class DeepPromptTuning(AdaptMethod):
-    """Free prompts at every layer, trained from scratch (P-tuning v2 style), plus a fresh head.
+    """Free prompts at every layer, trained from scratch, plus a fresh head.
 
     Each layer's (n, hidden) prompt is added at the placeholders before the block, exactly as the bank's
     prompts are (:class:`~modprompt.modular.model.PromptInjector`), and scaled like the bank by the
     layer's hidden-state RMS, measured on the task's training examples (:meth:`prepare`): pre-norm
     decoders grow their residual stream with depth, and an unscaled prompt could not reach deep layers.
     So deep-pt and the bank methods differ only in pre-training.
+
+    This is not P-tuning v2's form: P-tuning v2 prepends trainable key and value prefixes to every
+    layer's attention, where these prompts are hidden states at placeholder positions (MP2's deep
+    prompts). The hidden-state form is kept because the comparison this baseline exists for is with the
+    bank, which uses it; the number of prompt tokens and layers is the same.
     """
 
     name = "deep-pt"
