@@ -549,11 +549,6 @@ def check_spec(
     ``max_length`` cuts. ``max_length`` and ``num_prompt_tokens`` default to ``modprompt adapt``'s, and
     ``max_length`` is raised as ``adapt`` raises it when queries and options leave too little passage.
     """
-    from modprompt.adapt.config import AdaptConfig
-
-    defaults = AdaptConfig(method="mp2")
-    max_length = max_length or defaults.max_length
-    num_prompt_tokens = 16 if num_prompt_tokens is None else num_prompt_tokens  # the released banks' n
     spec = read_spec(path)
     lenient = lenient or spec.lenient
     parts: dict[str, tuple[list[MRCExample], Counter[str], list[DataError]]] = {}
@@ -563,8 +558,13 @@ def check_spec(
             examples = load_split(spec, split, lenient=lenient, counts=counts)
         parts[split] = (examples, counts, skipped)
 
+    from modprompt.adapt.config import AdaptConfig
+    from modprompt.adapt.methods import DEFAULT_NUM_TOKENS
     from modprompt.data.encoding import EncodingConfig, MRCEncoder
 
+    defaults = AdaptConfig(method="mp2")
+    max_length = max_length or defaults.max_length
+    num_prompt_tokens = DEFAULT_NUM_TOKENS if num_prompt_tokens is None else num_prompt_tokens
     tokenizer = load_tokenizer()
     every = [e for examples, _, _ in parts.values() for e in examples]
     whole = MRCEncoder(tokenizer, EncodingConfig(1 << 30, num_prompt_tokens))
