@@ -29,8 +29,9 @@ from pathlib import Path
 
 from result_grid import ResultGrid, add_grid_arguments, run_grid, write_table
 
-from modprompt.adapt.methods import BANK_WEIGHTS, file_sha256
 from modprompt.blackbox.tune import METHODS, PAPER_BUDGETS, PRESETS, TuneConfig, load_bank_modules, tune_task
+from modprompt.checksum import file_sha256
+from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 
 logger = logging.getLogger("blackbox")
 

@@ -29,10 +29,12 @@ from pathlib import Path
 from result_grid import ResultGrid, add_grid_arguments, run_grid, write_table
 
 from modprompt.adapt.config import AdaptConfig
-from modprompt.adapt.methods import BANK_WEIGHTS, METHODS, file_sha256
+from modprompt.adapt.registry import METHODS
 from modprompt.adapt.run import adapt
 from modprompt.backbone import resolve_backbone
 from modprompt.baselines.adapt_methods import prefinetuned_identity
+from modprompt.checksum import file_sha256
+from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.model import read_bank_config
 
 logger = logging.getLogger("fewshot")

@@ -17,10 +17,12 @@ from safetensors.torch import load_file
 from modprompt.adapt.cli import add_adapt, add_predict
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.loop import fit, run_stage
-from modprompt.adapt.methods import METHODS, WEIGHTS_NAME, create_method, file_sha256
+from modprompt.adapt.methods import WEIGHTS_NAME, create_method
 from modprompt.adapt.predict import builtin_record_spec, predict_file, record_spec
+from modprompt.adapt.registry import METHODS
 from modprompt.adapt.run import adapt, load_adapted, read_adapted_config, subset
 from modprompt.backbone import load_backbone
+from modprompt.checksum import file_sha256
 from modprompt.data.fewshot import fewshot_splits
 from modprompt.data.readers import DataError
 from modprompt.data.task import get_task

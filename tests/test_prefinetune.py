@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import modprompt.baselines.adapt_methods  # noqa: F401  (registers the prefinetune method)
 from modprompt.adapt.config import AdaptConfig
-from modprompt.adapt.methods import create_method, file_sha256
+from modprompt.adapt.methods import create_method
 from modprompt.backbone import load_backbone
 from modprompt.baselines import prefinetune as pf
 from modprompt.baselines.prefinetune import (
@@ -26,6 +25,7 @@ from modprompt.baselines.prefinetune import (
     save_prefinetuned,
 )
 from modprompt.baselines.prefinetune_cli import add_parser
+from modprompt.checksum import file_sha256
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.mrc import MRCExample
 from modprompt.training.trainer import TrainConfig

@@ -1,8 +1,8 @@
 """Few-shot adaptation of a pre-trained prompt bank (MP2) and of the baselines, under one loop.
 
-``config`` (AdaptConfig), ``methods`` (one class per method, the METHODS registry, saving and loading
-the adapted parameters), ``loop`` (training with early stopping on the dev set), ``run`` (one run end
-to end: :func:`adapt`, :func:`load_adapted`), ``predict`` (a user's file -> JSON lines), ``cli``.
+``config`` (AdaptConfig), ``registry`` (the methods by name: METHODS), ``methods`` (one class per method,
+saving and loading the adapted parameters), ``loop`` (training with early stopping on the dev set), ``run``
+(one run end to end: :func:`adapt`, :func:`load_adapted`), ``predict`` (a user's file -> JSON lines), ``cli``.
 
 The names below load on first use, so that the ``modprompt`` parser (which reads AdaptConfig's
 defaults) imports no torch: ``modprompt --help`` answers at once.
@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "AdaptConfig": "modprompt.adapt.config",
     "AdaptMethod": "modprompt.adapt.methods",
-    "METHODS": "modprompt.adapt.methods",
+    "METHODS": "modprompt.adapt.registry",
     "Stage": "modprompt.adapt.methods",
     "create_method": "modprompt.adapt.methods",
-    "register_method": "modprompt.adapt.methods",
+    "register_method": "modprompt.adapt.registry",
     "adapt": "modprompt.adapt.run",
     "load_adapted": "modprompt.adapt.run",
 }
@@ -28,11 +28,11 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # the same names, for type checkers (``as`` marks them as re-exported)
     from modprompt.adapt.config import AdaptConfig as AdaptConfig
-    from modprompt.adapt.methods import METHODS as METHODS
     from modprompt.adapt.methods import AdaptMethod as AdaptMethod
     from modprompt.adapt.methods import Stage as Stage
     from modprompt.adapt.methods import create_method as create_method
-    from modprompt.adapt.methods import register_method as register_method
+    from modprompt.adapt.registry import METHODS as METHODS
+    from modprompt.adapt.registry import register_method as register_method
     from modprompt.adapt.run import adapt as adapt
     from modprompt.adapt.run import load_adapted as load_adapted
 

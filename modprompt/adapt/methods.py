@@ -3,8 +3,8 @@
 Every method is an :class:`AdaptMethod`: a module built from a backbone (plus the pre-trained bank for
 the bank methods) that maps a batch to start/end logits through the one MRC span head, and that lists
 its training :class:`Stage` s (parameter groups with their learning rates). The training loop
-(:mod:`modprompt.adapt.loop`) knows nothing else about a method, so a new one is a class here plus a
-line in :data:`METHODS`.
+(:mod:`modprompt.adapt.loop`) knows nothing else about a method, so a new one is a class registered by
+name (:func:`~modprompt.adapt.registry.register_method`).
 
 Methods (trainable numbers for Gemma 3 270M: 18 layers, hidden 640, K 8, n 16, rank 16):
 
@@ -32,7 +32,6 @@ sees the same network and a run is deterministic given its seed.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -43,12 +42,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from peft import PromptEmbedding, PromptTuningConfig
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from modprompt.adapt.config import AdaptConfig
+from modprompt.adapt.registry import METHODS, register_method
 from modprompt.backbone import Backbone
+from modprompt.checksum import file_sha256
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.mrc import MRCExample
 from modprompt.head import SpanHead
@@ -87,14 +87,6 @@ class Stage:
             for p in group["params"]:
                 unique.setdefault(id(p), p)
         return list(unique.values())
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class AdaptMethod(nn.Module, ABC):
@@ -303,6 +295,9 @@ class PromptTuning(AdaptMethod):
     extra_state = ("scale",)
 
     def __init__(self, backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None):
+        # peft only here: importing it takes seconds, and no other method needs it
+        from peft import PromptEmbedding, PromptTuningConfig
+
         config = _with_num_tokens(config, bank_dir)
         super().__init__(backbone, config, task, None)
         self.backbone = backbone.freeze()
@@ -445,34 +440,14 @@ class FineTuning(AdaptMethod):
         return self.head(self.backbone(batch["input_ids"], batch["attention_mask"]))
 
 
-#: Method name -> class. Other methods (e.g. Child-Tuning, pre-finetuning) register here with
-#: :func:`register_method`; the loop, ``modprompt adapt`` and the benchmark pick them up by name.
-METHODS: dict[str, type[AdaptMethod]] = {}
-
-
-def register_method(cls: type[AdaptMethod]) -> type[AdaptMethod]:
-    if cls.name in METHODS:
-        raise ValueError(f"an adaptation method named {cls.name!r} is already registered")
-    METHODS[cls.name] = cls
-    return cls
-
-
 for _cls in (MP2, RouteOnly, RoutePerLayer, PromptTuning, DeepPromptTuning, FineTuning):
     register_method(_cls)
-
-# The baselines' methods (child-f, child-d, prefinetune) live with their papers' code and register
-# themselves on import; importing them here, once the names they need exist, makes every method known
-# wherever the registry is.
-import modprompt.baselines.adapt_methods  # noqa: E402,F401  isort: skip
 
 
 def create_method(
     backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None
 ) -> AdaptMethod:
     """Build ``config.method`` for ``task``, its random parts initialised from ``config.seed``."""
-    try:
-        cls = METHODS[config.method]
-    except KeyError:
-        raise KeyError(f"unknown adaptation method {config.method!r}; known: {sorted(METHODS)}") from None
+    cls = METHODS[config.method]
     torch.manual_seed(config.seed)
     return cls(backbone, config, task, bank_dir)

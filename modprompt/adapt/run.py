@@ -17,17 +17,10 @@ import torch
 
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.loop import fit
-from modprompt.adapt.methods import (
-    BANK_WEIGHTS,
-    CONFIG_NAME,
-    DEFAULT_NUM_TOKENS,
-    FORMAT_VERSION,
-    METHODS,
-    AdaptMethod,
-    create_method,
-    file_sha256,
-)
+from modprompt.adapt.methods import CONFIG_NAME, DEFAULT_NUM_TOKENS, FORMAT_VERSION, AdaptMethod, create_method
+from modprompt.adapt.registry import METHODS
 from modprompt.backbone import Backbone, check_backbone, resolve_backbone
+from modprompt.checksum import file_sha256
 from modprompt.config_utils import read_saved_config
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.fewshot import fewshot_splits
@@ -35,6 +28,7 @@ from modprompt.data.mrc import MRCExample
 from modprompt.data.spec import load_spec
 from modprompt.device import resolve_device
 from modprompt.evaluate import evaluate, main_metric
+from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.model import read_bank_config
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ one change:
 
 No weight decay, as for ``ft``, so that the comparison isolates the child network (the reference
 used 0.01; :class:`~modprompt.baselines.child_tuning.ChildTuningAdamW` handles either correctly).
-Importing this module registers the three methods.
+Importing this module registers the three methods (:mod:`modprompt.adapt.registry` imports it on its first lookup).
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from pathlib import Path
 import torch
 
 from modprompt.adapt.config import AdaptConfig
-from modprompt.adapt.methods import FineTuning, Stage, file_sha256, register_method
+from modprompt.adapt.methods import FineTuning, Stage
+from modprompt.adapt.registry import register_method
 from modprompt.backbone import Backbone
 from modprompt.baselines.child_tuning import ChildTuningAdamW, child_masks, fisher_information
 from modprompt.baselines.prefinetune import BACKBONE_WEIGHTS, load_prefinetuned
+from modprompt.checksum import file_sha256
 from modprompt.data.encoding import EncodedExample, MRCEncoder
 from modprompt.data.mrc import MRCExample
 from modprompt.head import span_loss
