@@ -90,11 +90,14 @@ def test_bpe_tokenizer_merges_across_characters(bpe_tok: PreTrainedTokenizerFast
     assert bpe_tok.sep_token_id is None and bpe_tok.cls_token_id is None
 
 
-def test_tiny_tokenizers_are_deterministic(
+def test_committed_tiny_tokenizers_are_what_their_recipe_makes(
     tmp_path: Path, data_root: Path, char_tok: PreTrainedTokenizerFast, bpe_tok: PreTrainedTokenizerFast
 ) -> None:
     assert tiny.char_tokenizer(tmp_path / "c", data_root).get_vocab() == char_tok.get_vocab()
-    assert tiny.bpe_tokenizer(tmp_path / "b", data_root).get_vocab() == bpe_tok.get_vocab()
+    made = tiny.bpe_tokenizer(tmp_path / "b", data_root)
+    assert made.get_vocab() == bpe_tok.get_vocab()
+    merges = [json.loads(tok.backend_tokenizer.to_str())["model"]["merges"] for tok in (made, bpe_tok)]
+    assert merges[0] == merges[1]
 
 
 # --- layout -----------------------------------------------------------------------------------

@@ -564,8 +564,7 @@ def test_tasks_check_command(tmp_path, data_root, capsys, caplog):
 
     from modprompt.cli import main
 
-    tok = tmp_path / "tok"
-    tiny.char_tokenizer(tok, data_root)
+    tok = tiny.TOKENIZERS / "char"
     spec = EXAMPLES / "dialogue_mc" / "duihua_mc.json"
     assert main(["tasks", "--check", str(spec), "--backbone", str(tok)]) == 0
     out = capsys.readouterr().out

@@ -1,20 +1,28 @@
 """Tiny, deterministic tokenizers and randomly initialised backbones for the test suite.
 
-Everything here is built offline from a few fixed files of the data mirror, in well under a second per
-object, so tests exercise the real Hugging Face code paths (BERT WordPiece, byte-level BPE, Gemma 3,
-BART) without downloading anything. ``data_root`` is the mirror laid out as ``OWNER+NAME/<path>``.
+The two tokenizers are committed under ``tests/fixtures/tokenizers`` (:data:`TOKENIZERS`), so tests of
+models need no data mirror; :func:`load_tokenizer` reads them and :func:`tiny_backbone` puts one beside a
+random model, so tests exercise the real Hugging Face code paths (BERT WordPiece, byte-level BPE, Gemma 3,
+BART) without downloading anything. They were made by :func:`char_tokenizer` and :func:`bpe_tokenizer`
+from a few fixed files of the data mirror (``data_root``, laid out as ``OWNER+NAME/<path>``); to make them
+again: ``python tests/tiny.py DATA_ROOT`` (``test_encoding`` checks that the recipe still gives them).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import string
+import sys
 from collections import Counter
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import BertTokenizerFast, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
+
+#: the committed tokenizers: ``char`` (BERT-style, one token per Chinese character) and ``bpe`` (byte-level)
+TOKENIZERS = Path(__file__).resolve().parent / "fixtures" / "tokenizers"
 
 #: Real text the vocabularies are drawn from: Wikipedia paragraphs, news titles, NLI premises, reviews
 #: (one of them in traditional characters).
@@ -31,6 +39,17 @@ BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 #: Gemma's order (pad 0, eos 1, bos 2, unk 3), so Gemma3TextConfig's default special ids are right.
 BPE_SPECIALS = ("<pad>", "</s>", "<s>", "<unk>")
 KINDS = ("encoder", "decoder", "encoder-decoder")
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """The committed tokenizer ``name`` (``char`` or ``bpe``)."""
+    return AutoTokenizer.from_pretrained(TOKENIZERS / name)
+
+
+def save_tokenizer(name: str, dir: Path) -> PreTrainedTokenizerFast:
+    """Copy the committed tokenizer ``name`` into ``dir`` (a model folder); return it loaded from there."""
+    shutil.copytree(TOKENIZERS / name, dir, dirs_exist_ok=True)
+    return AutoTokenizer.from_pretrained(dir)
 
 
 def _chinese_vocab(data_root: Path) -> list[str]:
@@ -106,7 +125,7 @@ def bpe_tokenizer(dir: Path, data_root: Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_backbone(kind: str, dir: Path, data_root: Path) -> Path:
+def tiny_backbone(kind: str, dir: Path) -> Path:
     """Save a randomly initialised model of ``kind`` and its tokenizer into ``dir``; return ``dir``.
 
     ``encoder``: BertModel with the char tokenizer. ``decoder``: Gemma3ForCausalLM (the default
@@ -129,7 +148,7 @@ def tiny_backbone(kind: str, dir: Path, data_root: Path) -> Path:
     dir = Path(dir)
     torch.manual_seed(0)
     if kind == "encoder":
-        tok = char_tokenizer(dir, data_root)
+        tok = save_tokenizer("char", dir)
         config = BertConfig(
             vocab_size=len(tok),
             hidden_size=32,
@@ -141,7 +160,7 @@ def tiny_backbone(kind: str, dir: Path, data_root: Path) -> Path:
         )
         model = BertModel(config)
     elif kind == "decoder":
-        tok = bpe_tokenizer(dir, data_root)
+        tok = save_tokenizer("bpe", dir)
         config = Gemma3TextConfig(
             vocab_size=len(tok),
             hidden_size=32,
@@ -160,7 +179,7 @@ def tiny_backbone(kind: str, dir: Path, data_root: Path) -> Path:
         )
         model = Gemma3ForCausalLM(config)
     else:
-        tok = char_tokenizer(dir, data_root)
+        tok = save_tokenizer("char", dir)
         # Chinese BART checkpoints (fnlp/bart-base-chinese) use BERT's vocabulary the same way.
         config = BartConfig(
             vocab_size=len(tok),
@@ -181,3 +200,10 @@ def tiny_backbone(kind: str, dir: Path, data_root: Path) -> Path:
         model = BartForConditionalGeneration(config)
     model.save_pretrained(dir)
     return dir
+
+
+if __name__ == "__main__":
+    # Make the committed tokenizers again from the data mirror given as the one argument.
+    mirror = Path(sys.argv[1])
+    char_tokenizer(TOKENIZERS / "char", mirror)
+    bpe_tokenizer(TOKENIZERS / "bpe", mirror)
