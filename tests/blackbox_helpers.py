@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+from tiny import random_bank
 
 from modprompt.backbone import load_backbone
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.fewshot import fewshot_splits
 from modprompt.data.mrc import MRCExample
-from modprompt.modular.config import ModularPromptConfig
-from modprompt.modular.model import ModularPromptModel
 
 N_TOKENS = 4
 RANK = 4
@@ -27,10 +25,7 @@ def examples(data_root: Path) -> tuple[list[MRCExample], list[MRCExample], list[
 def tiny_bank(backbone_dir: Path, out: Path, train: list[MRCExample]) -> Path:
     """A random bank (K 8, n 4, r 4) whose prompt scales are calibrated on ``train``, saved to ``out``."""
     backbone = load_backbone(backbone_dir)
-    torch.manual_seed(0)
-    config = ModularPromptConfig(backbone.num_layers, backbone.hidden_size, num_tokens=N_TOKENS, rank=RANK,
-                                 init_std=0.2)  # fmt: skip
-    model = ModularPromptModel(backbone, config, ["upstream"])
+    model = random_bank(backbone, ["upstream"], num_tokens=N_TOKENS, rank=RANK, init_std=0.2)
     encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(MAX_LENGTH, N_TOKENS))
     model.calibrate(encoder.collate(encoder.encode_all(train)))
     return model.save_pretrained(out)

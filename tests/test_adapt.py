@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import random_bank
 
 from modprompt.adapt.cli import add_adapt, add_predict
 from modprompt.adapt.config import AdaptConfig
@@ -27,7 +28,6 @@ from modprompt.data.fewshot import fewshot_splits
 from modprompt.data.readers import DataError
 from modprompt.data.task import get_task
 from modprompt.evaluate import evaluate, main_metric
-from modprompt.modular.config import ModularPromptConfig
 from modprompt.modular.model import ModularPromptModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,11 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def make_bank(backbone, directory: Path) -> Path:
     """A random bank for a tiny backbone, saved like a released one."""
-    torch.manual_seed(0)
-    model = ModularPromptModel(
-        backbone, ModularPromptConfig(L, H, num_modules=K, num_tokens=N, rank=R), ["afqmc", "cmnli"]
-    )
-    return model.save_pretrained(directory)
+    return random_bank(backbone, ["afqmc", "cmnli"], num_modules=K, num_tokens=N, rank=R).save_pretrained(directory)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import tiny
 import torch
 
 from modprompt.backbone import load_backbone
@@ -28,9 +29,7 @@ def backbone(request):
 
 
 def _model(backbone, router="per_layer", seed=0):
-    torch.manual_seed(seed)
-    config = ModularPromptConfig(backbone.num_layers, backbone.hidden_size, num_tokens=N_TOKENS, rank=4, router=router)
-    return ModularPromptModel(backbone, config, ["senti", "qa"])
+    return tiny.random_bank(backbone, ["senti", "qa"], seed, num_tokens=N_TOKENS, router=router)
 
 
 def _batch(backbone):
@@ -162,11 +161,21 @@ def test_not_a_bank_or_another_format_is_named(tiny_encoder, tmp_path):
         ModularPromptModel.from_pretrained(tmp_path / "bank", backbone)
 
 
-def test_gemma_sized_bank_is_small():
-    config = ModularPromptConfig(num_layers=18, hidden_size=640)
-    numel = 18 * 8 * config.num_tokens * config.rank + 18 * config.rank * 640
-    assert numel * 4 < 1_000_000  # under a megabyte in fp32
-    assert config.intrinsic_size == 256
+def test_gemma_sized_bank_is_small(tmp_path):
+    """A bank of the released shape (Gemma 3 270M: 18 layers, hidden 640; K 8, n 16, r 16; 35 upstream routers),
+    saved, is under a megabyte. The backbone is Gemma-shaped where the bank sees it and tiny elsewhere."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = tiny.save_tokenizer("bpe", tmp_path / "gemma-shaped")
+    shape = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=640, num_hidden_layers=18, num_attention_heads=1,
+                             num_key_value_heads=1, head_dim=8, intermediate_size=8, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    Gemma3ForCausalLM(shape).save_pretrained(tmp_path / "gemma-shaped")
+    backbone = load_backbone(tmp_path / "gemma-shaped")
+    model = tiny.random_bank(backbone, [f"task{i}" for i in range(35)], num_tokens=16, rank=16)
+    assert model.config == ModularPromptConfig(num_layers=18, hidden_size=640)  # the defaults are the released shape
+    model.save_pretrained(tmp_path / "bank")
+    assert (tmp_path / "bank" / "bank.safetensors").stat().st_size < 1_000_000
+    assert model.config.intrinsic_size == 256
 
 
 def test_calibration_scales_prompts_to_each_layers_hidden_size(backbone):

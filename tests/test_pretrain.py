@@ -120,11 +120,12 @@ def test_route_entropy_term_is_added_to_the_span_loss(tiny_decoder):
     from modprompt.data.encoding import EncodingConfig, MRCEncoder
     from modprompt.data.mrc import MRCExample
     from modprompt.head import span_loss
-    from modprompt.modular.config import ModularPromptConfig
+    from tiny import random_bank
+
     from modprompt.modular.pretrain import ModularPromptObjective, route_entropy
 
     backbone = load_backbone(tiny_decoder)
-    model = ModularPromptModel(backbone, ModularPromptConfig(backbone.num_layers, backbone.hidden_size, 8, 4, 4), ["a", "b"])
+    model = random_bank(backbone, ["a", "b"])
     with torch.no_grad():
         model.router.logits[0] = -5.0
         model.router.logits[0, :, 0] = 5.0  # task a uses module 0 alone

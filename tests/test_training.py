@@ -6,12 +6,11 @@ from collections import Counter
 
 import pytest
 import torch
+from tiny import random_bank
 
 from modprompt.backbone import load_backbone
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.mrc import MRCExample
-from modprompt.modular.config import ModularPromptConfig
-from modprompt.modular.model import ModularPromptModel
 from modprompt.modular.pretrain import ModularPromptObjective
 from modprompt.training.sampler import TaskSampler
 from modprompt.training.trainer import MultiTaskTrainer, TrainConfig
@@ -68,9 +67,7 @@ def _data():
 
 def _trainer(backbone_path, run_dir, steps=6, **train):
     backbone = load_backbone(backbone_path)
-    torch.manual_seed(0)
-    config = ModularPromptConfig(backbone.num_layers, backbone.hidden_size, num_tokens=4, rank=4)
-    model = ModularPromptModel(backbone, config, ["senti", "topic"])
+    model = random_bank(backbone, ["senti", "topic"])
     encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(64, 4))
     objective = ModularPromptObjective(model, encoder, lr_router=5e-2, lr_prompt=1e-2, steps=steps)
     train_config = TrainConfig(

@@ -21,6 +21,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
+from modprompt.backbone import Backbone
+from modprompt.modular.config import ModularPromptConfig
+from modprompt.modular.model import ModularPromptModel
+
 #: the committed tokenizers: ``char`` (BERT-style, one token per Chinese character) and ``bpe`` (byte-level)
 TOKENIZERS = Path(__file__).resolve().parent / "fixtures" / "tokenizers"
 
@@ -123,6 +127,17 @@ def bpe_tokenizer(dir: Path, data_root: Path) -> PreTrainedTokenizerFast:
     dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(dir)
     return tokenizer
+
+
+def random_bank(backbone: Backbone, tasks: list[str], seed: int = 0, **config) -> ModularPromptModel:
+    """A randomly initialised prompt bank on ``backbone`` with a router per task of ``tasks``, drawn from ``seed``.
+
+    ``config`` sets :class:`~modprompt.modular.config.ModularPromptConfig` fields; the bank is small unless it
+    says otherwise: 4 prompt tokens and rank 4 (the K of 8 modules is the default's).
+    """
+    torch.manual_seed(seed)
+    config = ModularPromptConfig(backbone.num_layers, backbone.hidden_size, **{"num_tokens": 4, "rank": 4, **config})
+    return ModularPromptModel(backbone, config, tasks)
 
 
 def tiny_backbone(kind: str, dir: Path) -> Path:
