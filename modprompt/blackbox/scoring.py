@@ -12,7 +12,12 @@ and a cached block input is valid for it. Their id is a hash of their content an
 uploading the same examples again is free and gives the same id.
 
 One lock serialises all model work: forward passes on a few CPU cores gain nothing from running side
-by side, and the tokenizer and the block swap of the layer cache must not interleave.
+by side, and the tokenizer and the block swap of the layer cache must not interleave. A second, short
+lock guards the table of registered sets, so their sizes can be read while the model is busy. Scoring
+holds the set it scores from start to end, so an upload that pushes the set out of the table meanwhile
+changes nothing; examples given inline are registered and scored under one hold of the model lock.
+Work checks a ``cancelled`` callable before every chunk (and while it waits for the model), so a
+caller that gives up stops it within one chunk.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +43,14 @@ from modprompt.data.mrc import MRCExample
 from modprompt.head import option_scores, span_loss
 from modprompt.metrics import accuracy
 from modprompt.modular.model import ModularPromptModel
-from modprompt.modular.router import normalise
+from modprompt.modular.router import route_weights
 
 logger = logging.getLogger(__name__)
 
 #: MP2's and BBT's search bound: every router logit and intrinsic number lies in [-5, 5]
 DEFAULT_BOUND = 5.0
+#: seconds between checks of ``cancelled`` while waiting for the model lock
+_POLL_S = 0.05
 
 
 class ParameterError(ValueError):
@@ -70,6 +77,23 @@ class Busy(RuntimeError):
 
 class DeadlineExceeded(TimeoutError):
     """A request ran past its time limit (what it computed so far stays in the layer cache)."""
+
+
+class Cancelled(RuntimeError):
+    """The caller gave up (``cancelled()`` turned true); the work stopped before its next chunk."""
+
+
+def check_text(text: str, field: str) -> None:
+    """Raise :class:`ParameterError` naming ``field`` unless ``text`` is valid Unicode.
+
+    JSON can carry a lone surrogate (``"\\ud800"``) that no UTF-8 encoder or tokenizer accepts.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ParameterError(
+            field, f"not valid Unicode: a lone surrogate U+{ord(text[err.start]):04X} at character {err.start}"
+        ) from None
 
 
 @dataclass
@@ -119,7 +143,8 @@ class Scorer:
         self.cache = LayerCache(cache_bytes)
         self._projections = LRUBytes(projection_bytes)
         self._datasets: OrderedDict[str, _Dataset] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # model work
+        self._table_lock = threading.Lock()  # self._datasets only; never held while waiting for the model
 
     @classmethod
     def from_bank(
@@ -156,12 +181,23 @@ class Scorer:
         )
 
     def stats(self) -> dict:
-        return {"datasets": len(self._datasets), "cache_bytes": self.cache.bytes, **self.cache.stats.to_dict()}
+        with self._table_lock:
+            datasets = len(self._datasets)
+        return {"datasets": datasets, "cache_bytes": self.cache.bytes, **self.cache.stats.to_dict()}
 
     @contextmanager
-    def _locked(self, timeout: float | None):
-        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            raise Busy("the model is busy with other requests; try again")
+    def _locked(self, timeout: float | None, cancelled: Callable[[], bool] | None = None):
+        """Hold the model lock; :class:`Busy` after ``timeout`` s, :class:`Cancelled` once ``cancelled()``."""
+        end = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while True:
+            if cancelled is not None and cancelled():
+                raise Cancelled("the caller gave up while waiting for the model")
+            left = None if end is None else max(end - time.monotonic(), 0.0)
+            wait = left if cancelled is None else min(_POLL_S, _POLL_S if left is None else left)
+            if self._lock.acquire(timeout=-1 if wait is None else wait):
+                break
+            if end is not None and time.monotonic() >= end:
+                raise Busy("the model is busy with other requests; try again")
         try:
             yield
         finally:
@@ -169,34 +205,55 @@ class Scorer:
 
     # -- example sets ---------------------------------------------------------------------------------
 
-    def add_dataset(self, examples: Sequence[MRCExample], lock_timeout: float | None = None) -> dict:
-        """Register option examples (encoded and chunked once); returns their id and sizes."""
+    def dataset_id(self, examples: Sequence[MRCExample]) -> str:
+        """The id ``examples`` get when registered: a hash of their content and of the encoding.
+
+        Raises :class:`ParameterError` naming the example that cannot be scored.
+        """
         if not examples:
             raise ParameterError("examples", "give at least one example")
         for i, example in enumerate(examples):
             if not example.options:
                 raise ParameterError(f"examples.{i}.options", "black-box scoring needs option examples")
+            check_text(example.query, f"examples.{i}.query")
+            check_text(example.passage, f"examples.{i}.passage")
+            for j, option in enumerate(example.options):
+                check_text(option, f"examples.{i}.options.{j}")
         content = [example_to_dict(e) for e in examples]
         key = json.dumps([content, self.encoder.config.max_length, self.batch_size], ensure_ascii=False, sort_keys=True)
-        dataset_id = hashlib.sha256(key.encode()).hexdigest()[:32]
-        with self._locked(lock_timeout):
-            if dataset_id in self._datasets:
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def add_dataset(
+        self, examples: Sequence[MRCExample], lock_timeout: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> dict:  # fmt: skip
+        """Register option examples (encoded and chunked once); returns their id and sizes."""
+        dataset_id = self.dataset_id(examples)
+        with self._locked(lock_timeout, cancelled):
+            return self._register(dataset_id, examples).meta()
+
+    def _register(self, dataset_id: str, examples: Sequence[MRCExample]) -> _Dataset:
+        """The registered set ``dataset_id``, encoding ``examples`` first if needed (model lock held)."""
+        with self._table_lock:
+            dataset = self._datasets.get(dataset_id)
+            if dataset is not None:
                 self._datasets.move_to_end(dataset_id)
-                return self._datasets[dataset_id].meta()
-            encoded = self._encode(examples)
-            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-            chunks = []
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                batch = self.encoder.collate([encoded[i] for i in rows])
-                chunks.append(_Chunk(rows, batch, int(batch["attention_mask"].sum())))
-            labelled = sum(e.label is not None for e in examples)
-            dataset = _Dataset(dataset_id, chunks, len(examples), labelled, sum(c.tokens for c in chunks))
+                return dataset
+        encoded = self._encode(examples)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+        chunks = []
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = self.encoder.collate([encoded[i] for i in rows])
+            chunks.append(_Chunk(rows, batch, int(batch["attention_mask"].sum())))
+        labelled = sum(e.label is not None for e in examples)
+        dataset = _Dataset(dataset_id, chunks, len(examples), labelled, sum(c.tokens for c in chunks))
+        with self._table_lock:
             self._datasets[dataset_id] = dataset
             while len(self._datasets) > self.max_datasets:
                 dropped, _ = self._datasets.popitem(last=False)
                 logger.info("dropped example set %s (more than %d kept)", dropped, self.max_datasets)
-            return dataset.meta()
+        return dataset
 
     def _encode(self, examples: Sequence[MRCExample]):
         try:
@@ -210,9 +267,12 @@ class Scorer:
             raise
 
     def dataset(self, dataset_id: str) -> dict:
-        if dataset_id not in self._datasets:
+        """The sizes of a registered set (:class:`UnknownDataset` if it is not held)."""
+        with self._table_lock:
+            dataset = self._datasets.get(dataset_id)
+        if dataset is None:
             raise UnknownDataset(dataset_id)
-        return self._datasets[dataset_id].meta()
+        return dataset.meta()
 
     # -- candidates -----------------------------------------------------------------------------------
 
@@ -304,7 +364,7 @@ class Scorer:
                 logits = torch.tensor(candidate.router, **on)
                 if logits.dim() == 1:
                     logits = logits.expand(c.num_layers, -1)
-                intrinsic = self.model.bank.mix(normalise(torch.sigmoid(logits))[None])[0]
+                intrinsic = self.model.bank.mix(route_weights(logits)[None])[0]
             for layer, values in candidate.intrinsic.items():
                 offset = torch.tensor(values, **on).view(c.num_tokens, c.rank)
                 intrinsic[layer] = intrinsic[layer] + offset
@@ -338,22 +398,8 @@ class Scorer:
 
     # -- scoring --------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def score(
-        self,
-        dataset_id: str,
-        candidates: Sequence[Candidate],
-        space: Space = Space(),
-        base: Candidate | None = None,
-        *,
-        with_scores: bool = False,
-        deadline: float | None = None,
-    ) -> ScoreReply:
-        """Score every candidate (laid over ``base``) on a registered example set.
-
-        ``deadline`` is a ``time.monotonic()`` instant: waiting for the model past it raises
-        :class:`Busy`, computing past it :class:`DeadlineExceeded`.
-        """
+    def check_request(self, candidates: Sequence[Candidate], space: Space, base: Candidate | None) -> None:
+        """Raise :class:`ParameterError` naming the field unless every candidate can be scored in ``space``."""
         if not candidates:
             raise ParameterError("candidates", "give at least one candidate")
         self.check_space(space)
@@ -361,25 +407,52 @@ class Scorer:
             self.check(base, space, "base")
         for i, candidate in enumerate(candidates):
             self.check(candidate, space, f"candidates.{i}")
+
+    @torch.no_grad()
+    def score(
+        self,
+        dataset: str | Sequence[MRCExample],
+        candidates: Sequence[Candidate],
+        space: Space = Space(),
+        base: Candidate | None = None,
+        *,
+        with_scores: bool = False,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> ScoreReply:
+        """Score every candidate (laid over ``base``) on an example set: a registered id, or examples,
+        which are registered and scored under one hold of the model lock.
+
+        ``deadline`` is a ``time.monotonic()`` instant: waiting for the model past it raises
+        :class:`Busy`, computing past it :class:`DeadlineExceeded`. Once ``cancelled()`` is true the
+        work stops before its next chunk with :class:`Cancelled`.
+        """
+        self.check_request(candidates, space, base)
+        inline = not isinstance(dataset, str)
+        dataset_id = self.dataset_id(dataset) if inline else dataset
         lock_timeout = None if deadline is None else deadline - time.monotonic()
-        with self._locked(lock_timeout):
-            if dataset_id not in self._datasets:
-                raise UnknownDataset(dataset_id)
-            self._datasets.move_to_end(dataset_id)
-            dataset = self._datasets[dataset_id]
+        with self._locked(lock_timeout, cancelled):
+            if inline:
+                entry = self._register(dataset_id, dataset)
+            else:
+                with self._table_lock:
+                    entry = self._datasets.get(dataset_id)
+                    if entry is None:
+                        raise UnknownDataset(dataset_id)
+                    self._datasets.move_to_end(dataset_id)
             before = CacheStats(**self.cache.stats.to_dict())
             prepared = [self._prepare(c.over(base), space) for c in candidates]
             base_prefixes = self._prepare(base, space)[1] if base is not None else None
             store = self._store_layer([p for _, p in prepared], base_prefixes) if self.cache.enabled else 0
-            results = [self._score_one(dataset, prompts, prefixes, store, with_scores, deadline)
+            results = [self._score_one(entry, prompts, prefixes, store, with_scores, deadline, cancelled)
                        for prompts, prefixes in prepared]  # fmt: skip
             after = self.cache.stats.to_dict()
         delta = {k: after[k] - v for k, v in before.to_dict().items()}
-        return ScoreReply(results, dataset.size, dataset.labelled, dataset.tokens * len(candidates), delta)
+        return ScoreReply(results, entry.size, entry.labelled, entry.tokens * len(candidates), delta)
 
     def _score_one(
         self, dataset: _Dataset, prompts: torch.Tensor, prefixes: list[bytes], store: int, with_scores: bool,
-        deadline: float | None,
+        deadline: float | None, cancelled: Callable[[], bool] | None,
     ) -> CandidateResult:  # fmt: skip
         blocks = self.model.backbone.blocks
         loss_sum = 0.0
@@ -389,6 +462,8 @@ class Scorer:
         for index, chunk in enumerate(dataset.chunks):
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the request ran past its time limit; send fewer candidates or examples")
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"the caller gave up after {index} of {len(dataset.chunks)} chunks")
             start, output = 0, None
             if self.cache.enabled:
                 start, output = self.cache.lookup(dataset.id, index, prefixes, self.num_layers - 1)
