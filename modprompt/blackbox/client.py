@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -18,6 +19,23 @@ import httpx
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "MODPROMPT_API_KEY"
+#: keys shorter than this are refused: they could be guessed
+MIN_KEY_LENGTH = 16
+#: what a key may hold: visible ASCII, which every HTTP client sends in a header as it is (httpx, like the
+#: HTTP standard, encodes header values as ASCII, so a non-ASCII key could never reach the server)
+_KEY_CHARACTERS = re.compile(r"[\x21-\x7e]+")
+
+
+def check_api_key(key: str) -> None:
+    """Raise ValueError (never showing the key) unless ``key`` can be sent and is long enough."""
+    if not _KEY_CHARACTERS.fullmatch(key):
+        raise ValueError(
+            "an API key may hold only visible ASCII characters (letters, digits, punctuation; no spaces or "
+            "accented letters): HTTP headers carry nothing else; make one with "
+            "python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+        )
+    if len(key) < MIN_KEY_LENGTH:
+        raise ValueError(f"API keys must be at least {MIN_KEY_LENGTH} characters")
 
 
 class ServerError(RuntimeError):
@@ -59,6 +77,8 @@ class Client:
         max_backoff: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        if api_key:
+            check_api_key(api_key)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.url = url.rstrip("/")
         self.retries = retries
