@@ -159,19 +159,19 @@ def test_other_methods_leave_frozen_parts_bit_identical(name, decoder, bank, epr
         assert torch.equal(value, backbone_before[n]), n  # ft trains its own copy of the backbone
 
 
-def test_early_stopping_restores_the_best_dev_state(decoder, bank, eprstmt):
+def test_the_best_dev_checkpoint_is_restored(decoder, bank, eprstmt):
     train, _, _ = eprstmt
     # Dev holds the training reviews with the other label: fitting train makes dev worse, so the best
     # dev state comes before the last step and restoring it is visible.
     dev = [replace(e, label=1 - e.label) for e in train]
-    config = AdaptConfig("pt", **{**FAST, "max_steps": 8, "eval_every": 1, "patience": 100, "lr_head": 0.05})
+    config = AdaptConfig("pt", **{**FAST, "max_steps": 8, "eval_every": 1, "lr_head": 0.05})
     method = create_method(decoder, config, "eprstmt", bank)
     encoder = method.encoder()
     (stage,) = fit(method, encoder, train, dev, config)["stages"]
     scores = [e["dev"] for e in stage["evaluations"]]
     assert len(scores) == 9 and stage["steps"] == 8  # before the first step, then after each
     assert stage["best_dev"] == max(scores) and scores[-1] < max(scores)
-    assert stage["best_step"] == scores.index(max(scores))  # ties keep the earlier state
+    assert stage["best_step"] == max(i for i, s in enumerate(scores) if s == max(scores))  # ties: the later step
     assert main_metric(evaluate(method.forward, encoder, dev)) == max(scores)
     # The same run ended by its budget at the best step (no selection) reaches the very same state.
     same = create_method(decoder, replace(config, max_steps=max(1, stage["best_step"])), "eprstmt", bank)
@@ -181,20 +181,26 @@ def test_early_stopping_restores_the_best_dev_state(decoder, bank, eprstmt):
         assert torch.equal(a, b)
 
 
-def test_patience_stops_a_stage(decoder, bank, eprstmt):
+def test_protocol_1_patience_stops_a_stage(decoder, bank, eprstmt):
     train, dev, _ = eprstmt
-    config = AdaptConfig("route-only", **{**FAST, "max_steps": 50, "eval_every": 1, "patience": 2, "lr_router": 0.0})
+    config = AdaptConfig("route-only", protocol=1, **{**FAST, "max_steps": 50, "eval_every": 1, "patience": 2,
+                                                      "lr_router": 0.0})  # fmt: skip
     method = create_method(decoder, config, "eprstmt", bank)
     (stage,) = fit(method, method.encoder(), train, dev, config)["stages"]
     # lr 0: the dev score never improves on step 0, so the stage stops after `patience` evaluations
     assert stage["stopped_early"] and stage["steps"] == 2 and stage["best_step"] == 0
+    assert AdaptConfig("pt", protocol=1).patience == 4  # what protocol 1's runs had by default
+    with pytest.raises(ValueError, match="patience"):
+        AdaptConfig("pt", patience=2)  # protocol 2 never stops early
 
 
 def test_zero_steps_scores_the_untouched_starting_point(decoder, bank, data_root, eprstmt):
     config = AdaptConfig("mp2", **{**FAST, "max_steps": 0})
     result = adapt(config, "eprstmt", data_root, bank=bank, backbone=decoder)
     assert result["steps"] == result["examples_seen"] == 0
-    assert [len(s["evaluations"]) for s in result["stages"]] == [1, 1]  # each stage scores dev once, at step 0
+    # Dev is scored once, at step 0; the prompt stage starts from that state and knows its score.
+    assert [s["dev_evaluations"] for s in result["stages"]] == [1, 0] and result["dev_evaluations"] == 1
+    assert result["stages"][1]["evaluations"] == [{**result["stages"][0]["evaluations"][0], "carried": True}]
     start = create_method(decoder, replace(config, max_length=result["max_length"]), "eprstmt", bank)  # same seed, router
     assert result["metric"] == main_metric(evaluate(start.forward, start.encoder(), eprstmt[2]))
     with pytest.raises(ValueError, match="max_steps must be at least 0"):

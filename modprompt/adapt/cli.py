@@ -5,41 +5,22 @@ from __future__ import annotations
 import argparse
 
 from modprompt.adapt.config import AdaptConfig
-from modprompt.cli import (
-    SPLIT_FLAGS,
-    add_config_flags,
-    add_data_argument,
-    add_device_argument,
-    add_lenient_argument,
-    config_flags,
-)
+from modprompt.cli import add_data_argument, add_device_argument, add_lenient_argument
+from modprompt.config_flags import add_dataclass_flags, dataclass_flag_values, flag_fields
 
-#: command-line flags that set AdaptConfig fields of the same name (dashes for underscores)
-_CONFIG_FLAGS = {
-    **SPLIT_FLAGS,
-    "max_length": (int, "tokens per example (only the passage is cut)"),
-    "num_tokens": (int, "prompt tokens of pt/deep-pt (default: the bank's, else 16)"),
-    "batch_size": (int, None),
-    "max_epochs": (int, None),
-    "max_steps": (int, "cap on the optimiser steps of each stage (0: train nothing, score the start)"),
-    "eval_every": (int, "steps between dev evaluations (default: one epoch)"),
-    "patience": (int, "dev evaluations without improvement before a stage stops"),
-    "lr_router": (float, "routers (mp2 stage 1, route-only, route-per-layer)"),
-    "lr_prompt": (float, "bank modules/projections in mp2 stage 2"),
-    "lr_soft_prompt": (float, "pt and deep-pt prompts"),
-    "lr_head": (float, "the fresh head of pt, deep-pt and ft"),
-    "lr_backbone": (float, "ft's backbone"),
-    "mp2_tune": (str, "mp2 stage 2 tunes the bank's 'modules', 'projection' or 'both'"),
-    "prefinetuned": (str, "prefinetune: the pre-finetuned model folder (RUN_DIR/model of `modprompt prefinetune`)"),
-}
+#: AdaptConfig fields that are not flags of their own: the method is asked for with the methods' names
+_NOT_FLAGS = ("method",)
+#: every other AdaptConfig field is a flag of the same name (dashes for underscores), help from the field
+_FLAGS = [f.name for f in flag_fields(AdaptConfig, exclude=_NOT_FLAGS)]
 
 
 def add_adapt(sub) -> None:
     p = sub.add_parser(
         "adapt",
         help="adapt a pre-trained prompt bank (or a baseline) to a few-shot task; prints a JSON result",
-        description="Train on the task's k-shot train split with early stopping on its k-shot dev split, "
-        "score the test split, and save the adapted parameters to --out.",
+        description="Train on the task's k-shot train split for the step budget, keep the checkpoint that "
+        "scores best on its k-shot dev split, score the test split, and save the adapted parameters to --out. "
+        "Under --protocol 2 (the default) a method's stages share the budget and no run stops early.",
     )
     task = p.add_mutually_exclusive_group(required=True)
     task.add_argument("--task", help="a built-in downstream task (`modprompt tasks --role downstream`)")
@@ -51,14 +32,13 @@ def add_adapt(sub) -> None:
         "(or another registered one)",
     )
     p.add_argument("--bank", help="the pre-trained bank folder (needed by mp2 and route-*; sets n for pt/deep-pt)")
-    p.add_argument("--seed", type=int, default=0, help="few-shot split (FewCLUE: 0..4) and initialisation seed")
     p.add_argument("--backbone", help="a local model folder or 'gemma-3-270m' (default: the bank's)")
     add_data_argument(p)
     p.add_argument("--out", help="save the adapted parameters here (for `modprompt predict`)")
-    p.add_argument("--router-shared", action="store_true", help="mp2: one router for all layers in stage 1")
     add_lenient_argument(p)
     add_device_argument(p)
-    add_config_flags(p, _CONFIG_FLAGS, AdaptConfig(method="mp2"))
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal anyway)")
+    add_dataclass_flags(p.add_argument_group("settings (AdaptConfig)"), AdaptConfig, _FLAGS)
     p.set_defaults(func=run_adapt)
 
 
@@ -67,8 +47,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     from modprompt.cli import data_root_arg, print_json
     from modprompt.data.readers import collect_skips, skip_summary
 
-    overrides = config_flags(args, _CONFIG_FLAGS)
-    config = AdaptConfig(args.method, seed=args.seed, router_shared=args.router_shared, **overrides)
+    config = AdaptConfig(args.method, **dataclass_flag_values(args, _FLAGS))
     with collect_skips() as skipped:
         result = adapt(
             config,
@@ -80,6 +59,7 @@ def run_adapt(args: argparse.Namespace) -> int:
             out=args.out,
             device=args.device,
             lenient=args.lenient,
+            progress=False if args.quiet else None,
         )
     result["skipped"] = skip_summary(skipped)
     for stage in result["stages"]:

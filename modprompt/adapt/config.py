@@ -1,5 +1,24 @@
 """Settings of one few-shot adaptation run (``modprompt adapt``), the same for every method.
 
+Each field's help sits beside it (``metadata["help"]``); ``modprompt adapt`` and ``benchmarks/fewshot.py``
+generate their flags from it (:mod:`modprompt.config_flags`).
+
+**Protocols.** ``protocol`` says how a run spends its budget and chooses its checkpoint
+(:mod:`modprompt.adapt.loop` has the details):
+
+* ``2`` (the default): one step budget for every method. ``max_steps`` (or ``max_epochs`` of the train
+  split) is the whole run's; a multi-stage method's stages share it (mp2: 16 + 16 of 32), in whole blocks of
+  ``eval_every`` steps, so every method gets the same dev evaluations: at step 0 and every ``eval_every``
+  steps, 1 + ceil(budget / eval_every) in all (5 at 32 steps and ``eval_every`` 8). Every run trains its
+  whole budget (no early stopping; ``patience`` is protocol 1's), and the checkpoint kept is the best on dev
+  among its evaluations, step 0 included, ties to the later step. ``max_length`` is sized from the train
+  and dev inputs only.
+* ``1``: how runs before protocol 2 ran, kept so that their configs load and describe themselves as they
+  ran (a saved config without ``protocol`` is protocol 1) and so that they can be reproduced: each stage
+  has its own ``max_steps`` and its own step-0 evaluation (mp2: up to 32 + 32 steps), a stage stops after
+  ``patience`` evaluations without improvement (4 unless set), ties keep the earlier step, and
+  ``max_length`` was sized from the train, dev and test inputs.
+
 Learning rates are per kind of parameter, so one config serves every method and a method uses only the
 ones it trains. Defaults and why:
 
@@ -16,66 +35,111 @@ ones it trains. Defaults and why:
 * ``lr_head`` 1e-3: a fresh span head (``pt``, ``deep-pt``, ``ft``) is one linear layer.
 * ``lr_backbone`` 2e-5: full fine-tuning, the usual rate for a few-shot run of a pre-trained model.
 
-The schedule is constant: early stopping on the dev set decides when a run ends, and a decaying schedule
-would tie the learning rate to ``max_steps``.
+The schedule is constant: a decaying schedule would tie the learning rate to the budget, and protocol 1's
+runs, which early stopping ended at different steps, would each have seen another schedule.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from modprompt.config_utils import config_from_dict
+
+#: the protocol of new runs; a saved config without a ``protocol`` key ran under protocol 1
+PROTOCOL = 2
+PROTOCOLS = (1, 2)
+#: protocol 1's patience when none was set (the default those runs had)
+PROTOCOL1_PATIENCE = 4
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
 
 
 @dataclass
 class AdaptConfig:
-    method: str
-    seed: int = 0
-    #: examples per label drawn for train (and again for dev) by tasks without official few-shot files
-    k_per_label: int = 16
-    max_length: int = 256
-    #: passage tokens kept at least: a task whose query and options leave fewer within ``max_length``
-    #: (CSLDCP's 67 or IFLYTEK's 119 label words) gets a longer ``max_length`` for the run, logged
-    min_passage_tokens: int = 128
-    #: prompt placeholders for ``pt``/``deep-pt``; ``None``: the bank's when one is given, else 16.
-    #: Bank methods always use the bank's.
-    num_tokens: int | None = None
-    #: ``mp2`` stage 1 only: a router shared by all layers (K numbers) instead of one per layer
-    router_shared: bool = False
-    #: ``mp2`` stage 2 only: which bank tensors to tune, "modules", "projection" or "both"
-    mp2_tune: str = "both"
-    lr_router: float = 0.2
-    lr_prompt: float = 1e-3
-    lr_soft_prompt: float = 1e-2
-    lr_head: float = 1e-3
-    lr_backbone: float = 2e-5
-    #: deep-pt's initial prompts, in units of each layer's hidden-state RMS
-    init_std: float = 0.02
-    #: ``prefinetune`` only: the pre-finetuned model folder (``RUN_DIR/model`` of ``modprompt prefinetune``)
-    prefinetuned: str | None = None
-    batch_size: int = 8
-    max_epochs: int = 20
-    #: a cap on the optimiser steps of each stage, on top of ``max_epochs`` (``None``: no cap). 0 trains
-    #: nothing: the run scores the method's starting point, which shows what few-shot tuning adds to it
-    max_steps: int | None = None
-    #: steps between dev evaluations; ``None``: once per epoch
-    eval_every: int | None = None
-    #: dev evaluations without improvement before a stage stops
-    patience: int = 4
-    max_grad_norm: float = 1.0
-    eval_batch_size: int = 16
-    #: CPU budget caps, the same for every method: the first N of a fixed shuffle of the test (dev) set;
-    #: ``None``: all of it
-    test_limit: int | None = None
-    dev_limit: int | None = None
+    method: str = field(metadata=_help("the adaptation method (`modprompt adapt --help` lists them)"))
+    seed: int = field(default=0, metadata=_help("few-shot split (FewCLUE: 0..4) and initialisation seed"))
+    protocol: int = field(
+        default=PROTOCOL,
+        metadata=_help(
+            "training protocol: 2, one step budget shared by a method's stages, no early stop, the best dev "
+            "checkpoint (step 0 included, ties to the later step), max_length from train and dev; 1, as runs "
+            "before it ran (a budget per stage, patience, ties to the earlier step, max_length also from test)",
+            choices=PROTOCOLS,
+        ),
+    )
+    k_per_label: int = field(
+        default=16, metadata=_help("examples per label for train and for dev, for tasks without official few-shot files")
+    )
+    max_length: int = field(default=256, metadata=_help("tokens per example (only the passage is cut)"))
+    min_passage_tokens: int = field(
+        default=128,
+        metadata=_help(
+            "passage tokens kept at least: a task whose query and options leave fewer within max_length "
+            "(CSLDCP's 67 or IFLYTEK's 119 label words) gets a longer max_length for the run, logged"
+        ),
+    )
+    num_tokens: int | None = field(
+        default=None,
+        metadata=_help("prompt tokens of pt/deep-pt (default: the bank's when one is given, else 16); bank methods use the bank's"),
+    )
+    router_shared: bool = field(default=False, metadata=_help("mp2: one router for all layers in stage 1 (K numbers)"))
+    mp2_tune: str = field(
+        default="both",
+        metadata=_help("mp2 stage 2 tunes the bank's 'modules', 'projection' or 'both'", choices=("modules", "projection", "both")),
+    )
+    lr_router: float = field(default=0.2, metadata=_help("learning rate of routers (mp2 stage 1, route-only, route-per-layer)"))
+    lr_prompt: float = field(default=1e-3, metadata=_help("learning rate of the bank's modules/projections in mp2 stage 2"))
+    lr_soft_prompt: float = field(default=1e-2, metadata=_help("learning rate of pt's and deep-pt's prompts"))
+    lr_head: float = field(default=1e-3, metadata=_help("learning rate of the fresh head of pt, deep-pt and ft"))
+    lr_backbone: float = field(default=2e-5, metadata=_help("learning rate of ft's backbone"))
+    init_std: float = field(default=0.02, metadata=_help("deep-pt's initial prompts, in units of each layer's hidden-state RMS"))
+    prefinetuned: str | None = field(
+        default=None,
+        metadata=_help("prefinetune: the pre-finetuned model folder (RUN_DIR/model of `modprompt prefinetune`)"),
+    )
+    batch_size: int = field(default=8, metadata=_help("training examples per optimiser step"))
+    max_epochs: int = field(default=20, metadata=_help("epochs of the train split in the step budget, before max_steps caps it"))
+    max_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            "cap on the optimiser steps: of the whole run, shared by its stages (protocol 2), or of each stage "
+            "(protocol 1); 0 trains nothing and scores the start, which shows what few-shot tuning adds to it"
+        ),
+    )
+    eval_every: int | None = field(default=None, metadata=_help("steps between dev evaluations (default: one epoch)"))
+    patience: int | None = field(
+        default=None,
+        metadata=_help(
+            f"protocol 1 only: dev evaluations without improvement before a stage stops (default {PROTOCOL1_PATIENCE}); "
+            "protocol 2 never stops early"
+        ),
+    )
+    max_grad_norm: float = field(default=1.0, metadata=_help("gradient norm clip (0: none)"))
+    eval_batch_size: int = field(default=16, metadata=_help("examples per batch when scoring dev and test"))
+    #: CPU budget caps, the same for every method
+    test_limit: int | None = field(
+        default=None, metadata=_help("score only this many test examples (a fixed subset, the same for every method)")
+    )
+    dev_limit: int | None = field(default=None, metadata=_help("select on only this many dev examples (a fixed subset)"))
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
+        if self.protocol == 1 and self.patience is None:
+            self.patience = PROTOCOL1_PATIENCE  # so that the config says what the run did
+        if self.protocol >= 2 and self.patience is not None:
+            raise ValueError(
+                f"protocol {self.protocol} trains every run's whole budget, so patience (early stopping) does not "
+                "apply; leave it unset, or ask for protocol 1"
+            )
         if self.mp2_tune not in ("modules", "projection", "both"):
             raise ValueError(f"mp2_tune must be 'modules', 'projection' or 'both', not {self.mp2_tune!r}")
-        for name in ("k_per_label", "max_length", "batch_size", "max_epochs", "patience", "eval_batch_size"):
+        for name in ("k_per_label", "max_length", "batch_size", "max_epochs", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("num_tokens", "max_steps", "eval_every", "test_limit", "dev_limit"):
+        for name in ("num_tokens", "max_steps", "eval_every", "patience", "test_limit", "dev_limit"):
             value, lowest = getattr(self, name), 0 if name == "max_steps" else 1
             if value is not None and value < lowest:
                 raise ValueError(f"{name} must be at least {lowest} or None, got {value}")
@@ -85,4 +149,5 @@ class AdaptConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> AdaptConfig:
-        return config_from_dict(cls, data, "adaptation")
+        """The config saved as ``data``; one saved without ``protocol`` ran under protocol 1 and reads as such."""
+        return config_from_dict(cls, {"protocol": 1, **data}, "adaptation")

@@ -1,26 +1,50 @@
-"""The single-task few-shot training loop, with early stopping on the k-shot dev set.
+"""The single-task few-shot training loop: a step budget, dev evaluations, and the best dev checkpoint.
 
 Each of a method's stages trains only that stage's parameters (everything else is frozen for the
-stage), with AdamW at constant per-group learning rates. The dev set is scored before the first step
-and then every ``eval_every`` steps (default: once per epoch); the stage keeps the trainable state of
-its best dev score (ties keep the earlier state), stops after ``patience`` evaluations without
-improvement or at its step budget, and restores the best state before the next stage starts. A stage
-therefore never leaves the dev score worse than it found it.
+stage), with AdamW at constant per-group learning rates, and hands the next stage its best dev state.
+
+**Protocol 2** (``AdaptConfig.protocol``, the default), the same for every method:
+
+* The budget is the run's: ``max_steps`` (or ``max_epochs`` epochs of the train split, whichever is
+  less). It is cut into blocks of ``eval_every`` steps (the last block may be shorter), and a method's
+  stages share the blocks evenly, the earlier stages taking one more where they do not divide, the last
+  stage also taking a final short block (:func:`split_budget`): mp2 at 32 steps and ``eval_every`` 8 trains
+  16 + 16, at 33 steps 16 + 17, at 40 steps 24 + 16. A stage therefore always ends on an evaluation, and a
+  method with fewer blocks than stages leaves its last stages without steps (logged).
+* Dev is scored before the first step and after every ``eval_every`` steps of the run and at its last
+  step: 1 + ceil(budget / eval_every) evaluations for every method (:func:`dev_evaluations`; 5 at 32 steps
+  and ``eval_every`` 8). A later stage starts from the state its predecessor chose, whose dev score is
+  known, so it is not scored again (it is listed in the stage's evaluations as ``"carried": true``).
+* Every run trains its whole budget: nothing stops early. The checkpoint kept (for the next stage, and at
+  the end for test) is the best on dev among all the run's evaluations, step 0 included; ties go to the
+  later step, since a trained state that scores as well as an earlier one has learned at least as much.
+
+**Protocol 1** (how runs before protocol 2 ran, kept to reproduce them): each stage has its own budget
+(``max_steps`` each; mp2 up to 64 steps in all) and its own step-0 evaluation, stops after ``patience``
+evaluations without improvement, and keeps the earliest of tied best states.
+
+Without a dev set nothing is selected: each stage keeps its last state.
 
 Deterministic given the seed: example order comes from a generator seeded by (seed, stage), routing
 samples from one seeded by (seed, stage, step), and the method's initialisation from the seed
-(:func:`modprompt.adapt.methods.create_method`).
+(:func:`modprompt.adapt.methods.create_method`). Each example is encoded once per run
+(:class:`CachedEncoder`): the training batches, every dev evaluation and the test score reuse it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.methods import AdaptMethod, Stage
@@ -39,13 +63,110 @@ def _seed(*parts: int) -> int:
     return seed
 
 
-def stage_steps(config: AdaptConfig, num_train: int) -> tuple[int, int]:
-    """(step budget, steps between dev evaluations) of one stage on ``num_train`` examples."""
+class CachedEncoder(MRCEncoder):
+    """An encoder that encodes each example once; later calls with the same example objects reuse it.
+
+    A run encodes its splits once (:meth:`encode_all`), and everything after (a method's preparation,
+    every training batch, every dev evaluation, the test score) gets the same encodings back, which are
+    exactly what encoding them again would give. Examples are matched by identity: the cache holds each
+    example (in its encoding), so no other example can take its id while the cache lives.
+    """
+
+    def __init__(self, encoder: MRCEncoder) -> None:
+        vars(self).update(vars(encoder))  # the same tokenizer, layout and device
+        self._encoded: dict[int, EncodedExample] = {}
+
+    def encode_all(
+        self, examples: Sequence[MRCExample], chunk_size: int = 1024, report: bool = True
+    ) -> list[EncodedExample]:
+        """The encodings of ``examples``, encoding (and reporting on) only those not seen before."""
+        new = list({id(e): e for e in examples if id(e) not in self._encoded}.values())
+        if new:
+            for encoded in super().encode_all(new, chunk_size, report):
+                self._encoded[id(encoded.example)] = encoded
+        return [self._encoded[id(e)] for e in examples]
+
+    def encode(self, example: MRCExample) -> EncodedExample:
+        return self.encode_all([example], report=False)[0]
+
+
+def cached(encoder: MRCEncoder) -> CachedEncoder:
+    """``encoder`` itself if it already caches, else a caching copy of it."""
+    return encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder)
+
+
+def run_budget(config: AdaptConfig, num_train: int) -> tuple[int, int]:
+    """(step budget, steps between dev evaluations) on ``num_train`` examples: the whole run's under
+    protocol 2, each stage's under protocol 1."""
     per_epoch = math.ceil(num_train / config.batch_size)
     total = per_epoch * config.max_epochs
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     return total, config.eval_every or per_epoch
+
+
+def split_budget(total: int, eval_every: int, stages: int) -> list[int]:
+    """Protocol 2's steps per stage: whole blocks of ``eval_every`` steps shared evenly, the earlier stages
+    taking the remainder, the last stage also taking a final short block (32, 8, 2 -> [16, 16]; 33 -> [16, 17];
+    40 -> [24, 16]; 8 -> [8, 0])."""
+    blocks, rest = divmod(total, eval_every)
+    share, extra = divmod(blocks, stages)
+    budgets = [(share + (i < extra)) * eval_every for i in range(stages)]
+    budgets[-1] += rest
+    return budgets
+
+
+def dev_evaluations(total: int, eval_every: int) -> int:
+    """Protocol 2's dev evaluations in a run of ``total`` steps, for every method: step 0, then every
+    ``eval_every`` steps and the last step."""
+    return 1 + math.ceil(total / eval_every)
+
+
+def stage_budgets(config: AdaptConfig, num_train: int, stages: int) -> tuple[list[int], int]:
+    """(steps of each of ``stages`` stages, steps between dev evaluations) under ``config.protocol``."""
+    total, eval_every = run_budget(config, num_train)
+    if config.protocol == 1:
+        return [total] * stages, eval_every
+    return split_budget(total, eval_every, stages), eval_every
+
+
+@dataclass
+class _Best:
+    """The best dev state so far: its score, the run step it was reached at, and its values."""
+
+    score: float
+    run_step: int
+    state: list[torch.Tensor]
+
+
+class _Progress:
+    """One bar over a run's steps (loss, last dev score, ETA), or nothing: the log lines stay as they are."""
+
+    def __init__(self, total: int, name: str, show: bool | None) -> None:
+        show = sys.stderr.isatty() if show is None else show
+        self.bar = tqdm(total=total, desc=f"adapt {name}", unit="step", dynamic_ncols=True, disable=not show)
+        self.postfix: dict[str, str] = {}
+
+    def step(self, loss: float) -> None:
+        self.postfix["loss"] = f"{loss:.4f}"
+        self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.update()
+
+    def dev(self, score: float) -> None:
+        self.postfix["dev"] = f"{score:.4f}"
+        self.bar.set_postfix(self.postfix)
+
+    @contextlib.contextmanager
+    def shown(self) -> Iterator[_Progress]:
+        """Log lines go above the bar while it is shown (``logging_redirect_tqdm``), then it closes."""
+        try:
+            if self.bar.disable:
+                yield self
+            else:
+                with logging_redirect_tqdm():
+                    yield self
+        finally:
+            self.bar.close()
 
 
 def run_stage(
@@ -56,10 +177,24 @@ def run_stage(
     dev: Sequence[MRCExample],
     config: AdaptConfig,
     index: int = 0,
+    *,
+    budget: int | None = None,
+    carried: tuple[float, int] | None = None,
+    offset: int = 0,
+    bar: _Progress | None = None,
 ) -> dict:
-    """Train one stage with early stopping; the best dev state is restored. Returns the stage's summary."""
+    """Train one stage of ``budget`` steps (None: :func:`run_budget`'s), leaving the best dev state in place.
+
+    ``carried``: (dev score, run step) of the state the previous stage chose, which this stage starts from
+    (protocol 2: it is not scored again); ``offset``: the run steps before this stage. Returns the stage's
+    summary: steps, its budget, whether it stopped early (protocol 1 only), the chosen step (``best_step``
+    within the stage, 0 for its starting state; ``best_run_step`` within the run), the dev evaluations it
+    made and every score it knew of.
+    """
     if not train:
         raise ValueError("no training examples")
+    fair = config.protocol >= 2
+    encoder = cached(encoder)
     params = stage.parameters()
     method.requires_grad_(False)
     for p in params:
@@ -68,21 +203,34 @@ def run_stage(
         optimizer = stage.optimizer(stage.param_groups)
     else:
         optimizer = torch.optim.AdamW(stage.param_groups, weight_decay=0.0)
-    total, eval_every = stage_steps(config, len(train))
+    run_total, eval_every = run_budget(config, len(train))
+    total = run_total if budget is None else budget
     order_gen = torch.Generator().manual_seed(_seed(config.seed, index))
+    timing = {"train_seconds": 0.0, "dev_seconds": 0.0}
 
     def dev_score() -> float:
         started = time.perf_counter()
         score = main_metric(evaluate(method.forward, encoder, dev, config.eval_batch_size))
         timing["dev_seconds"] += time.perf_counter() - started
+        if bar is not None:
+            bar.dev(score)
         return score
 
-    timing = {"train_seconds": 0.0, "dev_seconds": 0.0}
-    best, best_state, evaluations = None, [], []
+    def snapshot() -> list[torch.Tensor]:
+        return [p.detach().clone() for p in params]
+
+    best: _Best | None = None
+    evaluations: list[dict] = []
+    made = 0  # dev evaluations this stage made
     if dev:
-        best, best_state = dev_score(), [p.detach().clone() for p in params]
-        evaluations.append({"step": 0, "dev": best})
-    best_step, bad, step, examples_seen = 0, 0, 0, 0
+        if fair and carried is not None:
+            best = _Best(carried[0], carried[1], snapshot())
+            evaluations.append({"step": 0, "dev": carried[0], "carried": True})
+        else:
+            best = _Best(dev_score(), offset, snapshot())
+            evaluations.append({"step": 0, "dev": best.score})
+            made += 1
+    bad, step, examples_seen = 0, 0, 0
     losses: list[float] = []
     stopped_early = False
     while step < total and not stopped_early:
@@ -106,29 +254,32 @@ def run_stage(
             losses.append(loss.item())
             examples_seen += len(items)
             step += 1
+            if bar is not None:
+                bar.step(losses[-1])
             if dev and (step % eval_every == 0 or step == total):
                 score = dev_score()
+                made += 1
                 evaluations.append({"step": step, "dev": score, "loss": sum(losses) / len(losses)})
                 logger.info(
                     "%s/%s step %d: loss %.4f dev %.4f", method.name, stage.name, step, evaluations[-1]["loss"], score
                 )
                 losses = []
-                if score > best:
-                    best, best_step, bad = score, step, 0
-                    best_state = [p.detach().clone() for p in params]
+                if score > best.score or (fair and score == best.score):  # protocol 2: ties to the later step
+                    best, bad = _Best(score, offset + step, snapshot()), 0
                 else:
                     bad += 1
-                    if bad >= config.patience:
+                    if not fair and bad >= config.patience:
                         stopped_early = True
                         break
             if step >= total:
                 break
-    if dev:
+    if best is not None:
         with torch.no_grad():
-            for p, value in zip(params, best_state):
+            for p, value in zip(params, best.state):
                 p.copy_(value)
+        best_run_step = best.run_step
     else:
-        best_step = step  # nothing to select on: keep the last state
+        best_run_step = offset + step  # nothing to select on: keep the last state
     optimizer.zero_grad(set_to_none=True)  # ft's gradients are the size of the backbone
     method.requires_grad_(False)
     return {
@@ -137,9 +288,11 @@ def run_stage(
         "steps": step,
         "step_budget": total,
         "stopped_early": stopped_early,
-        "best_step": best_step,
-        "best_dev": best,
+        "best_step": max(0, best_run_step - offset),
+        "best_run_step": best_run_step,
+        "best_dev": best.score if best is not None else None,
         "examples_seen": examples_seen,
+        "dev_evaluations": made,
         **timing,
         "evaluations": evaluations,
     }
@@ -151,15 +304,41 @@ def fit(
     train: Sequence[MRCExample],
     dev: Sequence[MRCExample],
     config: AdaptConfig,
+    *,
+    progress: bool | None = None,
 ) -> dict:
-    """Run every stage of ``method`` on the few-shot ``train`` set, selecting on ``dev``; returns a summary."""
+    """Run every stage of ``method`` on the few-shot ``train`` set, selecting on ``dev``; returns a summary.
+
+    ``progress``: a bar over the run's steps (None: only when stderr is a terminal). Train and dev are
+    encoded once here (or were, by a :class:`CachedEncoder` passed in).
+    """
+    encoder = cached(encoder)
     encoded = encoder.encode_all(train)
-    stages = [run_stage(method, stage, encoder, encoded, dev, config, i) for i, stage in enumerate(method.stages())]
+    encoder.encode_all(dev)
+    stages = method.stages()
+    budgets, eval_every = stage_budgets(config, len(train), len(stages))
+    for stage, budget in zip(stages, budgets):
+        if budget == 0 and any(budgets):
+            logger.warning("%s: stage %s gets no steps (%s steps in blocks of %d for %d stages)", method.name,
+                           stage.name, sum(budgets), eval_every, len(stages))  # fmt: skip
+    summaries: list[dict] = []
+    carried, offset = None, 0
+    with _Progress(sum(budgets), method.name, progress).shown() as bar:
+        for i, (stage, budget) in enumerate(zip(stages, budgets)):
+            summary = run_stage(method, stage, encoder, encoded, dev, config, i, budget=budget, carried=carried,
+                                offset=offset, bar=bar)  # fmt: skip
+            summaries.append(summary)
+            if summary["best_dev"] is not None:
+                carried = (summary["best_dev"], summary["best_run_step"])
+            offset += summary["steps"]
     return {
-        "steps": sum(s["steps"] for s in stages),
-        "examples_seen": sum(s["examples_seen"] for s in stages),
-        "train_seconds": sum(s["train_seconds"] for s in stages),
-        "dev_seconds": sum(s["dev_seconds"] for s in stages),
-        "best_dev": stages[-1]["best_dev"],
-        "stages": stages,
+        "steps": sum(s["steps"] for s in summaries),
+        "step_budget": sum(s["step_budget"] for s in summaries),
+        "examples_seen": sum(s["examples_seen"] for s in summaries),
+        "train_seconds": sum(s["train_seconds"] for s in summaries),
+        "dev_seconds": sum(s["dev_seconds"] for s in summaries),
+        "dev_evaluations": sum(s["dev_evaluations"] for s in summaries),
+        "best_dev": summaries[-1]["best_dev"],
+        "chosen_step": summaries[-1]["best_run_step"],
+        "stages": summaries,
     }

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from modprompt.adapt.config import AdaptConfig
-from modprompt.adapt.loop import fit
+from modprompt.adapt.loop import CachedEncoder, fit
 from modprompt.adapt.methods import CONFIG_NAME, DEFAULT_NUM_TOKENS, FORMAT_VERSION, AdaptMethod, create_method
 from modprompt.adapt.registry import METHODS
 from modprompt.backbone import Backbone, check_backbone, resolve_backbone
@@ -26,6 +26,7 @@ from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.fewshot import fewshot_splits
 from modprompt.data.mrc import MRCExample
 from modprompt.data.spec import load_spec
+from modprompt.data.task import Task, get_task
 from modprompt.device import resolve_device
 from modprompt.evaluate import evaluate, main_metric
 from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
@@ -46,7 +47,14 @@ def subset(examples: list[MRCExample], limit: int | None) -> list[MRCExample]:
 
 
 def fit_max_length(config: AdaptConfig, backbone: Backbone, examples: list[MRCExample]) -> AdaptConfig:
-    """``config`` with ``max_length`` raised, if needed, to keep ``min_passage_tokens`` of passage."""
+    """``config`` with ``max_length`` raised, if needed, to keep ``min_passage_tokens`` of passage beside the
+    longest query and options of ``examples``.
+
+    :func:`adapt` passes the train and dev examples (protocol 2): a setting of the run is never read off its
+    test inputs. A label-set task puts all its label words into every example as the options, so they are
+    counted; the test inputs were also read under protocol 1, which changed no stored result (the longest
+    queries and options were in train or dev for every stored cell).
+    """
     probe = MRCEncoder(backbone.tokenizer, EncodingConfig(config.max_length, DEFAULT_NUM_TOKENS))
     needed = probe.fixed_length(examples) + config.min_passage_tokens
     if needed <= config.max_length:
@@ -56,9 +64,18 @@ def fit_max_length(config: AdaptConfig, backbone: Backbone, examples: list[MRCEx
     return dataclasses.replace(config, max_length=needed)
 
 
+def resolve_task(task: str | Task | None, task_spec: str | Path | None = None) -> Task:
+    """The task of a run, looked up once: a user spec (read and registered) or a registered task's name."""
+    if task_spec is not None:
+        return load_spec(Path(task_spec).resolve(), replace=True)
+    if task is None:
+        raise ValueError("give a task name or a task spec")
+    return task if isinstance(task, Task) else get_task(task)
+
+
 def adapt(
     config: AdaptConfig,
-    task: str | None,
+    task: str | Task | None,
     data_root: str | Path,
     *,
     bank: str | Path | None = None,
@@ -67,24 +84,25 @@ def adapt(
     out: str | Path | None = None,
     device: torch.device | str | None = None,
     lenient: bool = False,
+    progress: bool | None = None,
 ) -> dict:
     """Adapt to one task's few-shot split of ``config.seed``, test, optionally save to ``out``; the result.
 
     ``task_spec`` (a user task spec, :mod:`modprompt.data.spec`) replaces ``task``. ``lenient`` skips
     malformed records of the task's files instead of stopping (logged). ``backbone`` defaults
     to the bank's. ``device``: where to train (:func:`~modprompt.device.resolve_device`; None: where the
-    backbone is). The result holds the method, task, seed, exact trainable parameter count, the test
-    metrics and main ``metric`` (accuracy, else F1), the best dev score, optimisation time
-    (``train_seconds``), the wall time of training with its dev evaluations (``fit_seconds``), steps and
-    examples seen, each stage's summary, and what the run started from besides the backbone (the bank's
-    path; for ``prefinetune``, the pre-finetuned model's path and weights sha256).
+    backbone is). ``progress``: a bar over the training steps (None: only when stderr is a terminal).
+    The result holds the method, task, seed, the protocol, exact trainable parameter count, the test
+    metrics and main ``metric`` (accuracy, else F1), the best dev score and the run step it was reached at
+    (``chosen_step``), optimisation time (``train_seconds``), the wall time of training with its dev
+    evaluations (``fit_seconds``), steps, their budget, dev evaluations and examples seen, each stage's
+    summary, and what the run started from besides the backbone (the bank's path, and the sha256 of the
+    bank given; for ``prefinetune``, the pre-finetuned model's path and weights sha256).
     """
     started = time.perf_counter()
     if task_spec is not None:
         task_spec = Path(task_spec).resolve()
-        task = load_spec(task_spec, replace=True).name
-    if task is None:
-        raise ValueError("give a task name or a task spec")
+    task = resolve_task(task, task_spec).name
     if config.method not in METHODS:
         raise KeyError(f"unknown adaptation method {config.method!r}; known: {sorted(METHODS)}")
     if METHODS[config.method].needs_bank and bank is None:
@@ -96,12 +114,15 @@ def adapt(
     if recorded is not None:
         check_backbone(recorded, backbone, f"bank {bank}")
     requested = config
-    config = fit_max_length(config, backbone, train + dev + test)
+    # Protocol 1 also read the test inputs (kept so that its runs reproduce; it changed no stored result).
+    config = fit_max_length(config, backbone, train + dev + (test if config.protocol == 1 else []))
     method = create_method(backbone, config, task, bank)
     method.to(resolve_device(device) if device is not None else backbone.device)
     if method.needs_bank and task in method.bank_tasks:
         logger.warning("task %s was one of the bank's pre-training tasks; the result is not few-shot transfer", task)
-    encoder = method.encoder()
+    encoder = CachedEncoder(method.encoder())
+    for split in (train, dev, test):  # once each: preparation, training, dev evaluations and test reuse them
+        encoder.encode_all(split)
     method.prepare(encoder, train)
     logger.info(
         "adapting %s to %s (seed %d) on %s: %d trainable parameters, %d train / %d dev / %d test examples",
@@ -109,7 +130,7 @@ def adapt(
         len(test),
     )  # fmt: skip
     fit_started = time.perf_counter()
-    summary = fit(method, encoder, train, dev, config)
+    summary = fit(method, encoder, train, dev, config, progress=progress)
     fit_seconds = time.perf_counter() - fit_started
     test_started = time.perf_counter()
     metrics = evaluate(method.forward, encoder, test, config.eval_batch_size) if test else {}
@@ -117,6 +138,7 @@ def adapt(
         "method": config.method,
         "task": task,
         "seed": config.seed,
+        "protocol": config.protocol,
         "trainable_parameters": method.trainable_parameters(),
         "metric": main_metric(metrics) if test else None,
         "test": metrics,
@@ -125,11 +147,17 @@ def adapt(
         "fit_seconds": fit_seconds,
         "test_seconds": time.perf_counter() - test_started,
         "steps": summary["steps"],
+        "step_budget": summary["step_budget"],
+        "dev_evaluations": summary["dev_evaluations"],
+        "chosen_step": summary["chosen_step"],
         "examples_seen": summary["examples_seen"],
         "examples": {"train": len(train), "dev": len(dev), "test": len(test)},
         "backbone": backbone.info.name,
         "device": str(method.device),
         "bank": str(Path(bank).resolve()) if method.needs_bank else None,
+        # every run given a bank records which (pt and deep-pt take their prompt length from it)
+        "bank_sha256": file_sha256(Path(bank) / BANK_WEIGHTS) if bank is not None else None,
+        "num_prompt_tokens": method.num_prompt_tokens,
         "prefinetuned": method.identity().get("prefinetuned"),
         "config": requested.to_dict(),
         "max_length": config.max_length,
