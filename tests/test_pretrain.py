@@ -36,6 +36,7 @@ def _run(args, env_extra=None, timeout=300):
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_pretrain_cli_trains_and_saves_a_loadable_bank(tmp_path, tiny_decoder, data_root):
     config = _config(tmp_path, tiny_decoder)
     cmd = [sys.executable, "-m", "modprompt.cli", "pretrain", "--config", str(config), "--run-dir", str(tmp_path / "run"),
@@ -65,6 +66,7 @@ def test_pretrain_rejects_downstream_tasks(tmp_path, tiny_decoder, data_root):
     assert PretrainConfig.from_json(_config(tmp_path, tiny_decoder)).train.steps == 4
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_hold_identical_parameters(tmp_path, tiny_encoder, data_root):
     config = _config(tmp_path, tiny_encoder, steps=3)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
