@@ -121,8 +121,15 @@ def adapt(
     if method.needs_bank and task in method.bank_tasks:
         logger.warning("task %s was one of the bank's pre-training tasks; the result is not few-shot transfer", task)
     encoder = CachedEncoder(method.encoder())
-    for split in (train, dev, test):  # once each: preparation, training, dev evaluations and test reuse them
-        encoder.encode_all(split)
+    # A test input whose query and options leave too little room gets room at test time only (the same rule as
+    # fit_max_length, applied to the inputs scored), so that max_length, which shapes training and selection,
+    # never comes from test inputs. Protocol 1 sized max_length from them already.
+    test_length = fit_max_length(config, backbone, test).max_length
+    test_encoder = encoder if test_length == config.max_length else CachedEncoder(
+        MRCEncoder(encoder.tokenizer, dataclasses.replace(encoder.config, max_length=test_length), encoder.device)
+    )
+    for split, split_encoder in ((train, encoder), (dev, encoder), (test, test_encoder)):
+        split_encoder.encode_all(split)  # once each: preparation, training, dev evaluations and test reuse them
     method.prepare(encoder, train)
     logger.info(
         "adapting %s to %s (seed %d) on %s: %d trainable parameters, %d train / %d dev / %d test examples",
@@ -133,7 +140,7 @@ def adapt(
     summary = fit(method, encoder, train, dev, config, progress=progress)
     fit_seconds = time.perf_counter() - fit_started
     test_started = time.perf_counter()
-    metrics = evaluate(method.forward, encoder, test, config.eval_batch_size) if test else {}
+    metrics = evaluate(method.forward, test_encoder, test, config.eval_batch_size) if test else {}
     result = {
         "method": config.method,
         "task": task,
@@ -161,6 +168,7 @@ def adapt(
         "prefinetuned": method.identity().get("prefinetuned"),
         "config": requested.to_dict(),
         "max_length": config.max_length,
+        **({"test_max_length": test_length} if test_length != config.max_length else {}),
         "stages": summary["stages"],
     }
     if out is not None:
