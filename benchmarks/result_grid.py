@@ -56,6 +56,11 @@ class ResultGrid:
     def path(self, method: str, task: str, seed: int) -> Path:
         return self.root / method / task / f"seed{seed}.json"
 
+    def cells(self, method: str) -> list[Path]:
+        """The stored results of ``method`` over this grid's tasks and seeds."""
+        paths = (self.path(method, task, seed) for task in self.tasks for seed in self.seeds)
+        return [p for p in paths if p.is_file()]
+
     def settings(self, config: Any) -> dict:
         """What must agree between a stored result and this run: the config without the per-run fields."""
         return {k: v for k, v in config.to_dict().items() if k not in self.per_run_fields}
@@ -96,10 +101,14 @@ class ResultGrid:
     @staticmethod
     def store(path: Path, result: dict, device: str | None = None) -> None:
         """Write one run's result, with the machine (and ``device``) it ran on: its times mean nothing without."""
+        ResultGrid.store_as_is(path, {**result, "machine": describe_machine(device)})
+
+    @staticmethod
+    def store_as_is(path: Path, result: dict) -> None:
+        """Write a result that already says its machine (a run copied from another table keeps its own)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        machine = describe_machine(device)
-        tmp.write_text(json.dumps({**result, "machine": machine}, indent=2, ensure_ascii=False) + "\n")
+        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, path)  # a run killed while writing leaves no half result behind
 
     def summary(self, per_run: dict[str, str], metric: str, **context: Any) -> dict:
@@ -107,9 +116,10 @@ class ResultGrid:
 
         ``per_run`` maps a result field to the summary key of its mean over a method's runs (e.g. seconds);
         ``context`` (the bank, ...) goes into the summary after the backbone, ``metric`` says what is scored.
+        Every stored result must have the settings of the first (a table never mixes budgets or protocols).
         """
         methods: dict[str, dict] = {}
-        settings, backbone = None, None
+        settings, backbone, first = None, None, None
         machines: Counter[str] = Counter()  # JSON of each run's machine ("null": stored before it was recorded)
         for method in self.methods:
             tasks, params, runs = {}, set(), []
@@ -120,7 +130,13 @@ class ResultGrid:
                     if not path.is_file():
                         continue
                     result = json.loads(path.read_text())
-                    settings = settings or self.settings(self.config_type.from_dict(result["config"]))
+                    these = self.settings(self.config_type.from_dict(result["config"]))
+                    if settings is None:
+                        settings, first = these, path
+                    elif these != settings:
+                        differ = sorted(k for k in {*settings, *these} if settings.get(k) != these.get(k))
+                        raise SystemExit(f"{path} was made with other settings than {first} ({', '.join(differ)}); "
+                                         "a table holds runs of one budget and protocol")  # fmt: skip
                     backbone = backbone or result["backbone"]
                     scores[seed] = result["metric"]
                     params.add(result["trainable_parameters"])
@@ -246,9 +262,11 @@ def write_plot(summary: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def add_grid_arguments(p: argparse.ArgumentParser, methods: Sequence[str], name: str) -> None:
-    """The arguments every grid benchmark takes: what to run, where the data and results are, threads."""
-    p.add_argument("--bank", required=True, help="the pre-trained bank folder")
+def add_grid_arguments(p: argparse.ArgumentParser, methods: Sequence[str], name: str, bank_required: bool = True) -> None:
+    """The arguments every grid benchmark takes: what to run, where the data and results are, threads.
+
+    ``bank_required=False`` leaves checking ``--bank`` to the script (one of its modes may not need it)."""
+    p.add_argument("--bank", required=bank_required, help="the pre-trained bank folder")
     p.add_argument("--backbone", help="a local model folder or 'gemma-3-270m' (default: the bank's)")
     p.add_argument("--methods", nargs="+", default=list(methods))
     p.add_argument("--tasks", nargs="+", default=list(DOWNSTREAM_TASKS))

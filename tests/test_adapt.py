@@ -17,11 +17,11 @@ from tiny import random_bank
 
 from modprompt.adapt.cli import add_adapt, add_predict
 from modprompt.adapt.config import AdaptConfig
-from modprompt.adapt.loop import fit, run_stage
+from modprompt.adapt.loop import dev_evaluations, fit, run_stage, split_budget
 from modprompt.adapt.methods import WEIGHTS_NAME, create_method
 from modprompt.adapt.predict import builtin_record_spec, predict_file, record_spec
 from modprompt.adapt.registry import METHODS
-from modprompt.adapt.run import adapt, load_adapted, read_adapted_config, subset
+from modprompt.adapt.run import adapt, fit_max_length, load_adapted, read_adapted_config, subset
 from modprompt.backbone import load_backbone
 from modprompt.checksum import file_sha256
 from modprompt.data.fewshot import fewshot_splits
@@ -194,6 +194,101 @@ def test_protocol_1_patience_stops_a_stage(decoder, bank, eprstmt):
         AdaptConfig("pt", patience=2)  # protocol 2 never stops early
 
 
+def test_split_budget_gives_every_stage_whole_evaluation_blocks():
+    assert split_budget(32, 8, 1) == [32] and split_budget(32, 8, 2) == [16, 16]
+    assert split_budget(33, 8, 2) == [16, 17]  # a final short block goes with the last stage
+    assert split_budget(40, 8, 2) == [24, 16]  # an odd number of blocks: the earlier stage takes the extra one
+    assert split_budget(8, 8, 2) == [8, 0] and split_budget(0, 8, 2) == [0, 0]
+    assert [dev_evaluations(t, 8) for t in (0, 8, 32, 33)] == [1, 2, 5, 6]
+
+
+@pytest.mark.parametrize("max_steps", [8, 9])
+def test_every_method_gets_one_step_budget_and_the_same_dev_evaluations(decoder, bank, eprstmt, max_steps):
+    train, dev, _ = eprstmt
+    config = {**FAST, "max_steps": max_steps, "eval_every": 2}
+    runs = {}
+    for name in ("mp2", "route-only", "pt"):
+        method = create_method(decoder, AdaptConfig(name, **config), "eprstmt", bank)
+        runs[name] = fit(method, method.encoder(), train, dev[:8], method.config)
+    # mp2's two stages share the single-stage methods' budget: 4 + 4 of 8 and 4 + 5 of 9
+    assert [s["steps"] for s in runs["mp2"]["stages"]] == ([4, 4] if max_steps == 8 else [4, 5])
+    for name, run in runs.items():
+        assert run["steps"] == run["step_budget"] == max_steps, name  # every run trains its whole budget
+        assert not any(s["stopped_early"] for s in run["stages"]), name
+        assert run["dev_evaluations"] == dev_evaluations(max_steps, 2) == (5 if max_steps == 8 else 6), name
+    route, prompts = runs["mp2"]["stages"]
+    assert prompts["evaluations"][0] == {"step": 0, "dev": route["best_dev"], "carried": True}
+
+
+def _scripted_dev(monkeypatch, scores: list[float]) -> None:
+    """Dev scores come from ``scores``, in order (the selection rule is then all that decides)."""
+    import modprompt.adapt.loop as loop
+
+    left = list(scores)
+    monkeypatch.setattr(loop, "evaluate", lambda *args: {})
+    monkeypatch.setattr(loop, "main_metric", lambda metrics: left.pop(0))
+
+
+@pytest.mark.parametrize(
+    "scores, chosen",
+    [([0.9, 0.5, 0.9, 0.7], 4), ([0.9, 0.5, 0.6, 0.7], 0), ([0.5, 0.6, 0.6, 0.6], 6)],
+    ids=["tie-with-step-0", "step-0", "ties-later"],
+)
+def test_the_best_dev_checkpoint_among_all_with_step_0_and_ties_to_the_later_step(
+    decoder, bank, eprstmt, monkeypatch, scores, chosen
+):
+    train, dev, _ = eprstmt
+    config = AdaptConfig("route-only", **{**FAST, "max_steps": 6, "eval_every": 2, "lr_router": 0.5})
+    method = create_method(decoder, config, "eprstmt", bank)
+    start = method.model.router.logits.detach().clone()
+    _scripted_dev(monkeypatch, scores)
+    run = fit(method, method.encoder(), train, dev[:4], config)
+    assert run["steps"] == 6 and run["chosen_step"] == chosen and run["best_dev"] == max(scores)
+    assert torch.equal(method.model.router.logits, start) == (chosen == 0)  # step 0: the untouched start
+
+
+@pytest.mark.parametrize("scores, chosen", [([0.5, 0.8, 0.8], 4), ([0.5, 0.8, 0.6], 2), ([0.7, 0.6, 0.6], 0)])
+def test_mp2_chooses_across_its_stages(decoder, bank, eprstmt, monkeypatch, scores, chosen):
+    train, dev, _ = eprstmt
+    config = AdaptConfig("mp2", **{**FAST, "max_steps": 4, "eval_every": 2})  # route 2 steps, prompts 2 steps
+    method = create_method(decoder, config, "eprstmt", bank)
+    bank_start = method.model.bank.modules_z.detach().clone()
+    _scripted_dev(monkeypatch, scores)  # dev at run steps 0, 2 (route) and 4 (prompts)
+    run = fit(method, method.encoder(), train, dev[:4], config)
+    assert run["dev_evaluations"] == 3 and run["chosen_step"] == chosen
+    # the prompt stage keeps its start (the router's choice) unless its own step wins
+    assert torch.equal(method.model.bank.modules_z, bank_start) == (chosen < 4)
+
+
+def test_max_length_is_sized_without_the_test_inputs(decoder, bank, data_root, eprstmt, monkeypatch):
+    import modprompt.adapt.run as run
+
+    train, dev, test = eprstmt
+    long_test = [replace(e, query=e.query + "很长的问题" * 40) for e in test]  # only test inputs are long
+    monkeypatch.setattr(run, "fewshot_splits", lambda *args, **kwargs: (train, dev, long_test))
+    sized = {}
+    for protocol in (1, 2):
+        kwargs = {**FAST, "max_steps": 0, "protocol": protocol}
+        sized[protocol] = adapt(AdaptConfig("route-only", **kwargs), "eprstmt", data_root, bank=bank, backbone=decoder)
+    from_train_and_dev = fit_max_length(AdaptConfig("route-only", **FAST), decoder, train + dev).max_length
+    assert sized[2]["max_length"] == from_train_and_dev < sized[1]["max_length"]  # protocol 1 read the test inputs
+    # The long test inputs get their room at test time only, by the same rule
+    assert sized[2]["test_max_length"] == sized[1]["max_length"] and "test_max_length" not in sized[1]
+
+
+def test_each_example_is_encoded_once_per_run(decoder, bank, data_root, monkeypatch):
+    from modprompt.data.encoding import MRCEncoder
+
+    encoded = []
+    original = MRCEncoder._encode_batch
+    monkeypatch.setattr(MRCEncoder, "_encode_batch", lambda self, examples: encoded.extend(examples) or original(self, examples))
+    config = AdaptConfig("deep-pt", **{**FAST, "max_steps": 4, "eval_every": 1, "dev_limit": 8})  # prepare + 5 dev evaluations
+    result = adapt(config, "eprstmt", data_root, bank=bank, backbone=decoder)
+    assert result["dev_evaluations"] == 5
+    sizes = result["examples"]
+    assert len(encoded) == len({id(e) for e in encoded}) == sizes["train"] + sizes["dev"] + sizes["test"]
+
+
 def test_zero_steps_scores_the_untouched_starting_point(decoder, bank, data_root, eprstmt):
     config = AdaptConfig("mp2", **{**FAST, "max_steps": 0})
     result = adapt(config, "eprstmt", data_root, bank=bank, backbone=decoder)
@@ -310,11 +405,17 @@ def test_a_changed_bank_is_refused(decoder, tmp_path):
         load_adapted(tmp_path / "adapted", backbone=decoder)
 
 
-def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, data_root, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(REPO / "benchmarks")  # as when run as a script: it imports result_grid beside it
+def _fewshot_benchmark(monkeypatch):
+    """benchmarks/fewshot.py as a module, imported as when run as a script (result_grid beside it)."""
+    monkeypatch.syspath_prepend(REPO / "benchmarks")
     spec = importlib.util.spec_from_file_location("fewshot_benchmark", REPO / "benchmarks" / "fewshot.py")
     fewshot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fewshot)
+    return fewshot
+
+
+def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, data_root, tmp_path, monkeypatch):
+    fewshot = _fewshot_benchmark(monkeypatch)
     argv = ["--bank", str(bank), "--backbone", str(tiny_decoder), "--data", str(data_root),
             "--results", str(tmp_path), "--methods", "route-only", "pt", "--tasks", "eprstmt", "bustm",
             "--seeds", "0", "--test-limit", "20", "--max-steps", "2", "--max-length", "96"]  # fmt: skip
@@ -382,3 +483,68 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
         with pytest.raises(SystemExit, match=f"sha256 {'ab' * 32}; .*rebuilt has sha256 .*delete"):
             fewshot.main([*argv, "--methods", "prefinetune", "--tasks", *tasks, "--prefinetuned", str(rebuilt),
                           "--run-only"])  # fmt: skip
+
+
+def test_fewshot_tables_hold_one_protocol_and_one_bank(tiny_decoder, bank, data_root, tmp_path, monkeypatch, capsys):
+    fewshot = _fewshot_benchmark(monkeypatch)
+    common = ["--bank", str(bank), "--backbone", str(tiny_decoder), "--data", str(data_root), "--results", str(tmp_path),
+              "--methods", "pt", "route-only", "--tasks", "eprstmt", "--seeds", "1", "--test-limit", "20",
+              "--max-steps", "6", "--eval-every", "2", "--max-length", "96", "--lr-head", "0.05"]  # fmt: skip
+    old = fewshot.main([*common, "--name", "old", "--protocol", "1", "--patience", "100"])
+    assert old["protocol"] == 1 and "**Protocol 1**" in (tmp_path / "old.md").read_text()
+    legacy = tmp_path / "old/pt/eprstmt/seed1.json"  # as stored before protocols: no "protocol" in its config
+    cell = json.loads(legacy.read_text())
+    legacy.write_text(json.dumps({**cell, "config": {k: v for k, v in cell["config"].items() if k != "protocol"}}))
+    with pytest.raises(SystemExit):
+        fewshot.parse_args([*common, "--patience", "2"])  # early stopping is protocol 1's
+
+    # pt trained its whole budget and its best dev step is unique: protocol 2 would have run it alike, so it is
+    # carried over; route-only's dev scores tie, so protocol 2 chooses another step and runs it again.
+    fair = fewshot.main([*common, "--name", "fair", "--carry-from", "old"])
+    assert fair["protocol"] == 2 and fair["budgets"]["pt"]["carried"] == 1 and fair["budgets"]["route-only"]["carried"] == 0
+    carried = json.loads((tmp_path / "fair/pt/eprstmt/seed1.json").read_text())
+    assert carried["carried_from"]["path"] == "old/pt/eprstmt/seed1.json" and carried["config"]["protocol"] == 2
+    assert carried["machine"] == cell["machine"]  # it keeps the machine it ran on
+    table = (tmp_path / "fair.md").read_text()
+    assert "**Protocol 2**" in table and "| pt | prompt | 6 | 6 | 4 | 0 of 1 |" in table
+    # The reproduction check: run fresh under protocol 2, the carried cell comes out the same.
+    fewshot.main([*common, "--name", "repro", "--methods", "pt"])
+    fresh = json.loads((tmp_path / "repro/pt/eprstmt/seed1.json").read_text())
+    assert (fresh["metric"], fresh["stages"][0]["evaluations"]) == (carried["metric"], carried["stages"][0]["evaluations"])
+
+    # A table never mixes protocols or banks, whatever lands in its folder.
+    mixed = tmp_path / "fair/pt/eprstmt/seed2.json"
+    mixed.write_text(legacy.read_text())
+    with pytest.raises(SystemExit, match="other settings.*protocol"):
+        fewshot.main([*common, "--name", "fair", "--seeds", "1", "2", "--aggregate-only"])
+    mixed.write_text(json.dumps({**fresh, "bank_sha256": "ab" * 32}))
+    with pytest.raises(SystemExit, match="bank sha256"):
+        fewshot.main([*common, "--name", "fair", "--seeds", "1", "2", "--aggregate-only"])
+    mixed.unlink()
+
+    both = fewshot.main(["--results", str(tmp_path), "--side-by-side", "old", "fair", "--name", "both"])
+    rows = {(r["method"], r["table"]): r["protocol"] for r in both["rows"]}
+    assert rows == {("pt", "old"): 1, ("pt", "fair"): 2, ("route-only", "old"): 1, ("route-only", "fair"): 2}
+    assert "| pt | [old](old.md) |" in (tmp_path / "both.md").read_text()
+
+    capsys.readouterr()
+    assert fewshot.main([*common, "--name", "next", "--plan", "--estimate-from", "old"]) is None
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["to_run"] == 2 and plan["unestimated"] == 0 and plan["estimated_hours"] > 0
+    assert not (tmp_path / "next.md").exists()  # a plan runs nothing and writes no table
+
+
+@pytest.mark.parametrize("name", ["fewshot", "fewshot-untuned", "fewshot-longcap"])
+def test_stored_fewshot_tables_aggregate_to_the_same_numbers(name, data_root, tmp_path, monkeypatch):
+    fewshot = _fewshot_benchmark(monkeypatch)
+    stored = REPO / "benchmarks" / "results"
+    (tmp_path / name).symlink_to(stored / name)  # read the stored cells, write the tables here
+    committed = json.loads((stored / f"{name}.json").read_text())
+    argv = committed["command"].split()[2:] + ["--aggregate-only", "--results", str(tmp_path), "--data", str(data_root)]
+    summary = json.loads(json.dumps(fewshot.main(argv)))  # as written (JSON keys are strings)
+    assert summary["methods"] == committed["methods"] and summary["settings"] == committed["settings"]
+
+    def rows(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("| ") and "trainable params" not in line]
+
+    assert rows((tmp_path / f"{name}.md").read_text()) == rows((stored / f"{name}.md").read_text())
