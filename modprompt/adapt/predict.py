@@ -58,7 +58,9 @@ def record_spec(
 
     A user task is read with its spec: ``task_spec``, else the spec recorded at adaptation. A built-in
     task uses the record fields of the module docstring. ``task``, if given, must be the adapted task.
+    A missing input file is an error here, before anything loads a model.
     """
+    input_file(input_path)
     if task is not None and task != adapted["task"]:
         raise ValueError(f"this was adapted to task {adapted['task']!r}, not {task!r}")
     recorded = adapted.get("task_spec")
@@ -71,15 +73,20 @@ def record_spec(
     return builtin_record_spec(get_task(adapted["task"]), input_path)
 
 
+def input_file(path: str | Path) -> Path:
+    """``path``, if a file to predict is there; else FileNotFoundError."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input file not found: {path}")
+    return path
+
+
 def read_records(path: str | Path, spec: TaskSpec, lenient: bool = False) -> list[MRCExample]:
     """Every record of ``path`` as an example of ``spec``'s task, in file order, labelled or not.
 
     ``lenient`` (or the spec's ``lenient``) skips malformed records, counted in the log, instead of stopping.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"input file not found: {path}")
-    return read_file(spec, path, labelled=False, lenient=lenient or spec.lenient)
+    return read_file(spec, input_file(path), labelled=False, lenient=lenient or spec.lenient)
 
 
 def _record(prediction: Prediction) -> dict:

@@ -1,0 +1,13 @@
+"""Commands that fail on their arguments fail before a model is loaded (and, where they can, before torch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from modprompt.adapt.predict import record_spec
+
+
+def test_predict_names_a_missing_input_before_any_model_is_loaded(tmp_path):
+    # record_spec is the first thing `modprompt predict` does, before load_adapted loads the backbone.
+    with pytest.raises(FileNotFoundError, match="input file not found: .*missing.jsonl"):
+        record_spec({"task": "eprstmt", "task_spec": None}, tmp_path / "missing.jsonl")
