@@ -117,7 +117,7 @@ def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
     """Run every missing (method, task, seed), storing each result as it finishes (after carrying over the
     cells of ``--carry-from`` that this table's protocol would have run alike)."""
     identity = _identity(args)
-    grid.check_identity(identity)
+    grid.check_identity(identity, write=not args.plan)  # a plan writes nothing
     shared = _shared(args)
     if args.prefinetuned and "prefinetune" in grid.methods:
         _check_prefinetuned_model(grid, Path(args.prefinetuned))
@@ -241,12 +241,14 @@ def carry_over(grid: ResultGrid, todo: list, source: Path, identity: dict, backb
             "step_budget": stage["step_budget"],
             "dev_evaluations": len(stage["evaluations"]),
             "chosen_step": stage["best_step"],
-            "bank_sha256": identity["bank_sha256"] if same_bank else stored.get("bank_sha256", source_identity["bank_sha256"]),
+            # carry_check found the run the same under this table's bank: the cell is this bank's (it says which it ran from)
+            "bank_sha256": identity["bank_sha256"],
             "stages": [{**stage, "best_run_step": stage["best_step"], "dev_evaluations": len(stage["evaluations"])}],
             "carried_from": {
                 "table": source.name,
                 "path": stored_path.relative_to(source.parent).as_posix(),
                 "protocol": stored.get("protocol", 1),
+                "bank_sha256": stored.get("bank_sha256", source_identity["bank_sha256"]),
                 "config": stored["config"],
             },
         }
@@ -405,7 +407,7 @@ def _bank_text(summary: dict) -> str:
         if bank["folder"] and bank["folder"] != summary["bank"]:
             text += f", now at `{bank['folder']}`"
         elif not bank["folder"]:
-            text += ", no longer in `modprompt/banks`"
+            text += ", not a folder of `modprompt/banks`"
         text += ")"
     return text
 
@@ -461,6 +463,43 @@ def write_markdown(summary: dict, path: Path, seeds: int) -> None:
     write_table(summary, path, seeds, "Few-shot adaptation benchmark", intro, "trainable params", columns)
 
 
+def _dev_scores(result: dict) -> list[tuple[int, float]]:
+    """(run step, dev score) of every dev evaluation a run made (not the scores a stage carried in)."""
+    scores, offset = [], 0
+    for stage in result["stages"]:
+        scores += [(offset + e["step"], e["dev"]) for e in stage["evaluations"] if not e.get("carried")]
+        offset += stage["steps"]
+    return scores
+
+
+def compare_tables(args: argparse.Namespace, grid: ResultGrid) -> dict:
+    """Each stored cell of this table beside the same cell of table ``args.compare_with``: the same test metric,
+    the same dev scores at the same steps and the same chosen checkpoint? (A reproduction check: run cells again
+    under another name and compare.) Written to ``RESULTS/NAME-vs-OTHER.json`` and returned."""
+    other = args.results / args.compare_with
+    cells = []
+    for method in grid.methods:
+        for path in grid.cells(method):
+            twin = other / path.relative_to(grid.root)
+            if not twin.is_file():
+                continue
+            a, b = json.loads(path.read_text()), json.loads(twin.read_text())
+            losses = [(e.get("loss"), f.get("loss")) for s, t in zip(a["stages"], b["stages"])
+                      for e, f in zip(s["evaluations"], t["evaluations"]) if "loss" in e and "loss" in f]  # fmt: skip
+            cells.append({
+                "cell": path.relative_to(grid.root).as_posix(),
+                "metric": [a["metric"], b["metric"]],
+                "chosen_step": [chosen_step(a), chosen_step(b)],
+                "same": a["metric"] == b["metric"] and _dev_scores(a) == _dev_scores(b) and chosen_step(a) == chosen_step(b),
+                "max_loss_difference": max((abs(x - y) for x, y in losses), default=None),
+                "machines": [a.get("machine"), b.get("machine")],
+            })  # fmt: skip
+    report = {"table": grid.root.name, "compared_with": other.name, "cells": len(cells),
+              "same": sum(c["same"] for c in cells), "results": cells}  # fmt: skip
+    (args.results / f"{grid.root.name}-vs-{other.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def side_by_side(args: argparse.Namespace) -> dict:
     """One table from the stored tables ``args.side_by_side`` (their ``NAME.json``): a row per method and table,
     saying its bank (sha256) and protocol, so that an old bank's rows stand beside a new one's."""
@@ -510,7 +549,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     carry.add_argument("--estimate-from", metavar="NAME", help="the table whose stored runs time the plan (default: --carry-from)")
     p.add_argument("--side-by-side", nargs="+", metavar="NAME",
                    help="write one table (--name) from the stored tables NAME ..., a row per method and table")  # fmt: skip
+    p.add_argument("--compare-with", metavar="NAME", help="compare this table's stored cells with table NAME's "
+                   "(metric, dev scores, chosen step), write NAME-vs-... .json and print it; runs nothing")  # fmt: skip
     args = p.parse_args(argv)
+    if args.compare_with:
+        return args
     if args.side_by_side:
         if args.name in ("fewshot", *args.side_by_side):
             p.error("--side-by-side writes a table of its own: give it a --name that is not one of its tables")
@@ -537,6 +580,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.side_by_side:
         return side_by_side(args)
+    if args.compare_with:
+        report = compare_tables(args, _grid(args))
+        sys.stdout.write(json.dumps({k: v for k, v in report.items() if k != "results"}) + "\n")
+        return report
     return run_grid(args, _grid(args), run_all, aggregate, write_markdown, "Few-shot adaptation", argv)
 
 

@@ -65,16 +65,16 @@ class ResultGrid:
         """What must agree between a stored result and this run: the config without the per-run fields."""
         return {k: v for k, v in config.to_dict().items() if k not in self.per_run_fields}
 
-    def check_identity(self, identity: dict) -> None:
+    def check_identity(self, identity: dict, write: bool = True) -> None:
         """Stored results must come from the same bank and backbone as this run's, described by ``identity``
-        (written by the first run, compared by every later one)."""
+        (written by the first run unless not ``write``, compared by every later one)."""
         path = self.root / "identity.json"
         if path.is_file():
             stored = json.loads(path.read_text())
             if stored != identity:
                 message = f"{self.root} holds results of another bank or backbone ({stored}); use another --name"
                 raise SystemExit(message)
-        else:
+        elif write:
             self.root.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(identity, indent=2) + "\n")
 

@@ -511,6 +511,8 @@ def test_fewshot_tables_hold_one_protocol_and_one_bank(tiny_decoder, bank, data_
     fewshot.main([*common, "--name", "repro", "--methods", "pt"])
     fresh = json.loads((tmp_path / "repro/pt/eprstmt/seed1.json").read_text())
     assert (fresh["metric"], fresh["stages"][0]["evaluations"]) == (carried["metric"], carried["stages"][0]["evaluations"])
+    report = fewshot.main([*common, "--name", "repro", "--methods", "pt", "--compare-with", "fair"])
+    assert report["cells"] == report["same"] == 1 and (tmp_path / "repro-vs-fair.json").is_file()
 
     # A table never mixes protocols or banks, whatever lands in its folder.
     mixed = tmp_path / "fair/pt/eprstmt/seed2.json"
@@ -531,7 +533,7 @@ def test_fewshot_tables_hold_one_protocol_and_one_bank(tiny_decoder, bank, data_
     assert fewshot.main([*common, "--name", "next", "--plan", "--estimate-from", "old"]) is None
     plan = json.loads(capsys.readouterr().out)
     assert plan["to_run"] == 2 and plan["unestimated"] == 0 and plan["estimated_hours"] > 0
-    assert not (tmp_path / "next.md").exists()  # a plan runs nothing and writes no table
+    assert not (tmp_path / "next.md").exists() and not (tmp_path / "next").exists()  # a plan writes nothing
 
 
 @pytest.mark.parametrize("name", ["fewshot", "fewshot-untuned", "fewshot-longcap"])
