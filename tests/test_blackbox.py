@@ -377,6 +377,18 @@ def test_stage_2_starts_at_the_routed_mix_and_checks_a_local_copy(data_root, spl
     assert tune(_Synthetic(modules, (0.5, 0.5)), "synthetic", train, dev, test, offset)["evaluations"]["prompt"] == 12
 
 
+def test_one_bar_counts_every_train_evaluation_with_the_loss_and_dev_score(splits, capsys):
+    train, dev, test = splits
+    modules = np.random.default_rng(1).normal(size=(3, 8, 2, 2)).astype(np.float32)
+    config = TuneConfig("mp2-bb", router="shared", router_evaluations=4, router_initial_points=4,
+                        router_dev_every=2, prompt_evaluations=12, popsize=2)  # fmt: skip
+    tune(_Synthetic(modules, (0.5, 0.5)), "synthetic", train, dev, test, config, modules=modules, progress=True)
+    bar = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()][-1]
+    assert bar.startswith("mp2-bb: 100%") and "16/16" in bar and "loss=" in bar and "dev=" in bar  # 4 routers + 6 × 2
+    tune(_Synthetic(modules, (0.5, 0.5)), "synthetic", train, dev, test, config, modules=modules)
+    assert "mp2-bb" not in capsys.readouterr().err  # stderr is no terminal here: no bar
+
+
 def test_configs_saved_before_mp2_fidelity_read_as_they_ran(tmp_path):
     stored = json.loads((REPO / "benchmarks/results/blackbox/mp2-bb/eprstmt/seed0.json").read_text())["config"]
     old = TuneConfig.from_dict(stored)

@@ -151,6 +151,7 @@ def add_bbt_parser(sub) -> None:
     p.add_argument("--retries", type=int, default=5, help="retries of a failed call (5xx, connection)")
     p.add_argument("--max-length", type=int, default=256, help="with --bank: tokens per example")
     p.add_argument("--threads", type=int, help="with --bank: torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal anyway)")
     add_device_argument(p, "with --bank: ")
     add_config_flags(p, _TUNE_FLAGS)  # defaults depend on --preset and --method: the helps say them
     for name, (choices, text) in _TUNE_CHOICES.items():
@@ -189,7 +190,8 @@ def run_bbt(args: argparse.Namespace) -> int:
         scorer = Scorer.from_bank(args.bank, args.backbone, args.device, max_length=args.max_length)
         objective = InProcessObjective(scorer)
     with collect_skips() as skipped:
-        result = tune_task(objective, args.task, data_root_arg(args.data), config, state, modules, lenient=args.lenient)
+        result = tune_task(objective, args.task, data_root_arg(args.data), config, state, modules, lenient=args.lenient,
+                           progress=False if args.quiet else None)
     result["skipped"] = skip_summary(skipped)
     result["server"] = args.server or "in-process"
     if args.server:

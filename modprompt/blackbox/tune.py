@@ -61,6 +61,7 @@ from modprompt.blackbox.params import Candidate, ModelInfo, Space, routed_mix
 from modprompt.blackbox.state import load_state, save_state
 from modprompt.config_utils import config_from_dict
 from modprompt.data.mrc import MRCExample
+from modprompt.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +205,8 @@ class _Run:
 
     def __init__(self, objective: Objective, config: TuneConfig, info: ModelInfo, train: ExampleSet,
                  dev: ExampleSet | None, state: dict, state_path: Path | None,
-                 modules: np.ndarray | None = None, check_modules: bool = False) -> None:  # fmt: skip
+                 modules: np.ndarray | None = None, check_modules: bool = False,
+                 progress: bool | None = None) -> None:  # fmt: skip
         self.objective = objective
         self.config = config
         self.info = info
@@ -222,6 +224,9 @@ class _Run:
             self.space = Space.bank()
         else:
             self.space = Space.random(config.seed, config.dim or info.intrinsic_size)
+        done = state["evaluations"]["router"] + state["evaluations"]["prompt"]
+        #: one bar over the run's train evaluations (resumed where the state stopped), with dev accuracy
+        self.bar = Progress(self.evaluations_planned(), config.method, "eval", progress, initial=done)
 
     # -- the state ------------------------------------------------------------------------------------
 
@@ -306,6 +311,7 @@ class _Run:
         self.state["evaluations"]["dev"] += 1
         if result.accuracy is None:
             return None
+        self.bar.dev(result.accuracy)
         best = self.state["best_dev"]
         if best is None or (result.accuracy, -result.loss) > (best["accuracy"], -best["loss"]):
             self.state["best_dev"] = {"accuracy": result.accuracy, "loss": result.loss, "at": at,
@@ -316,7 +322,18 @@ class _Run:
 
     # -- the stages -----------------------------------------------------------------------------------
 
+    def evaluations_planned(self) -> int:
+        """Train evaluations of the whole run: the router search's, then every generation's population."""
+        c = self.config
+        router = c.router_evaluations if self.state["router_shape"] is not None else 0
+        return router + c.generations(1 if c.method == "bbt" else self.info.num_layers) * c.popsize
+
     def run(self) -> None:
+        """Run to the end, from where the state stopped, showing the bar."""
+        with self.bar.shown():
+            self._run_stages()
+
+    def _run_stages(self) -> None:
         session_started = time.perf_counter()
         self.state["sessions"] += 1
         c, state = self.config, self.state
@@ -333,6 +350,7 @@ class _Run:
                     if c.router_dev_every and index % c.router_dev_every == 0:
                         self.dev_check(f"router {index}", Candidate(router=router.tolist()))
                 best_loss = search.best[1]
+                self.bar.step(best_loss, len(routers))
                 state["history"].append({"stage": "router", "evaluations": search.evaluations, "best_loss": best_loss})
                 logger.info("router %d/%d: best train loss %.4f", search.evaluations, c.router_evaluations, best_loss)
                 self.save(session_started)
@@ -352,6 +370,7 @@ class _Run:
                 losses = self._train_losses(population_candidates, self.current())
                 cma.tell(population, losses)
                 state["evaluations"]["prompt"] += len(population)
+                self.bar.step(min(losses), len(population))
                 state["history"].append({"stage": "prompt", "generation": cma.generation, "layer": layer,
                                          "best_loss": min(losses), "mean_loss": float(np.mean(losses))})  # fmt: skip
                 logger.info("generation %d/%d (layer %d): best loss %.4f, mean %.4f", cma.generation, generations,
@@ -456,6 +475,7 @@ def tune(
     config: TuneConfig,
     state_path: str | Path | None = None,
     modules: np.ndarray | None = None,
+    progress: bool | None = None,
 ) -> dict:
     """Run (or resume from ``state_path``) one black-box method; test the dev-selected candidate.
 
@@ -463,6 +483,7 @@ def tune(
     stage 2 at the routed mix when it searches the intrinsic vectors themselves (``bound_on="intrinsic"``).
     In-process they are read from the scorer's bank; against a served model give a local copy of the served
     bank's (:func:`load_bank_modules`), which is checked once against the server's router scores.
+    ``progress``: a bar over the train evaluations (None: only when stderr is a terminal).
 
     The result has the fields of ``modprompt adapt``'s (method, task, seed, trainable_parameters,
     metric, test, best_dev, train_seconds, examples_seen, ...) plus the calls, evaluations, tokens, the
@@ -498,7 +519,7 @@ def tune(
         raise ValueError(f"{state_path} holds a run with other {', '.join(differs)}{why}; use another --state path")
     else:
         logger.info("resuming %s from %s (stage %s)", config.method, state_path, state["stage"])
-    run = _Run(objective, config, info, train_set, dev_set, state, state_path, modules, check_modules)
+    run = _Run(objective, config, info, train_set, dev_set, state, state_path, modules, check_modules, progress)
     run.run()
 
     test_started = time.perf_counter()
@@ -546,9 +567,9 @@ def load_bank_modules(bank: str | Path) -> np.ndarray:
 
 def tune_task(objective: Objective, task: str, data_root: str | Path, config: TuneConfig,
               state_path: str | Path | None = None, modules: np.ndarray | None = None, *,
-              lenient: bool = False) -> dict:  # fmt: skip
+              lenient: bool = False, progress: bool | None = None) -> dict:  # fmt: skip
     """``tune`` on a registered task's few-shot split of ``config.seed`` (as ``modprompt adapt`` splits it);
-    ``lenient`` skips malformed records of the task's files instead of stopping."""
+    ``lenient`` skips malformed records of the task's files instead of stopping; ``progress`` as for ``tune``."""
     from modprompt.data.fewshot import fewshot_splits
 
     train, dev, test = fewshot_splits(task, config.seed, data_root, config.k_per_label, lenient=lenient)
@@ -556,4 +577,4 @@ def tune_task(objective: Objective, task: str, data_root: str | Path, config: Tu
         from modprompt.adapt.run import subset
 
         dev, test = subset(dev, config.dev_limit), subset(test, config.test_limit)
-    return tune(objective, task, train, dev, test, config, state_path, modules)
+    return tune(objective, task, train, dev, test, config, state_path, modules, progress)
