@@ -33,18 +33,14 @@ samples from one seeded by (seed, stage, step), and the method's initialisation 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.methods import AdaptMethod, Stage
@@ -52,6 +48,7 @@ from modprompt.data.encoding import EncodedExample, MRCEncoder
 from modprompt.data.mrc import MRCExample
 from modprompt.evaluate import evaluate, main_metric
 from modprompt.head import span_loss
+from modprompt.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -139,36 +136,6 @@ class _Best:
     state: list[torch.Tensor]
 
 
-class _Progress:
-    """One bar over a run's steps (loss, last dev score, ETA), or nothing: the log lines stay as they are."""
-
-    def __init__(self, total: int, name: str, show: bool | None) -> None:
-        show = sys.stderr.isatty() if show is None else show
-        self.bar = tqdm(total=total, desc=f"adapt {name}", unit="step", dynamic_ncols=True, disable=not show)
-        self.postfix: dict[str, str] = {}
-
-    def step(self, loss: float) -> None:
-        self.postfix["loss"] = f"{loss:.4f}"
-        self.bar.set_postfix(self.postfix, refresh=False)
-        self.bar.update()
-
-    def dev(self, score: float) -> None:
-        self.postfix["dev"] = f"{score:.4f}"
-        self.bar.set_postfix(self.postfix)
-
-    @contextlib.contextmanager
-    def shown(self) -> Iterator[_Progress]:
-        """Log lines go above the bar while it is shown (``logging_redirect_tqdm``), then it closes."""
-        try:
-            if self.bar.disable:
-                yield self
-            else:
-                with logging_redirect_tqdm():
-                    yield self
-        finally:
-            self.bar.close()
-
-
 def run_stage(
     method: AdaptMethod,
     stage: Stage,
@@ -181,7 +148,7 @@ def run_stage(
     budget: int | None = None,
     carried: tuple[float, int] | None = None,
     offset: int = 0,
-    bar: _Progress | None = None,
+    bar: Progress | None = None,
 ) -> dict:
     """Train one stage of ``budget`` steps (None: :func:`run_budget`'s), leaving the best dev state in place.
 
@@ -323,7 +290,7 @@ def fit(
                            stage.name, sum(budgets), eval_every, len(stages))  # fmt: skip
     summaries: list[dict] = []
     carried, offset = None, 0
-    with _Progress(sum(budgets), method.name, progress).shown() as bar:
+    with Progress(sum(budgets), f"adapt {method.name}", "step", progress).shown() as bar:
         for i, (stage, budget) in enumerate(zip(stages, budgets)):
             summary = run_stage(method, stage, encoder, encoded, dev, config, i, budget=budget, carried=carried,
                                 offset=offset, bar=bar)  # fmt: skip
