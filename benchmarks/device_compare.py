@@ -8,7 +8,7 @@ calls and tokens are identical. Made on the GPU machine (``--device cuda``) with
 
     python benchmarks/fewshot.py --bank modprompt/banks/gemma-3-270m --backbone RANDOM_GEMMA --device cuda \
         --seeds 0 --test-limit 200 --dev-limit 32 --name gpu-fewshot --max-steps 32 --eval-every 8 \
-        --patience 100 --tasks csldcp iflytek
+        --protocol 1 --patience 100 --tasks csldcp iflytek
     python benchmarks/blackbox.py --bank modprompt/banks/gemma-3-270m --backbone RANDOM_GEMMA --device cuda \
         --seeds 0 --test-limit 200 --dev-limit 32 --name gpu-blackbox --preset cpu --tasks eprstmt
     modprompt pretrain|prefinetune --config CONFIG_WITH_RANDOM_GEMMA --run-dir RUN --until 200 --device cuda

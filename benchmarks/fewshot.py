@@ -503,6 +503,9 @@ def compare_tables(args: argparse.Namespace, grid: ResultGrid) -> dict:
 def side_by_side(args: argparse.Namespace) -> dict:
     """One table from the stored tables ``args.side_by_side`` (their ``NAME.json``): a row per method and table,
     saying its bank (sha256) and protocol, so that an old bank's rows stand beside a new one's."""
+    missing = [name for name in args.side_by_side if not (args.results / f"{name}.json").is_file()]
+    if missing:
+        raise SystemExit(f"no {', '.join(f'{n}.json' for n in missing)} in {args.results}: aggregate those tables first")
     tables = [(name, json.loads((args.results / f"{name}.json").read_text())) for name in args.side_by_side]
     tasks = list(dict.fromkeys(t for _, s in tables for t in s["tasks"]))
     lines = ["# Few-shot adaptation: tables side by side", "",
@@ -524,10 +527,12 @@ def side_by_side(args: argparse.Namespace) -> dict:
                 cell = entry["tasks"].get(task)
                 text = "–" if cell is None else f"{100 * cell['mean']:.1f} ± {100 * cell['std']:.1f}"
                 cells.append(text if cell is None or cell["n"] == seeds else f"{text} (n={cell['n']})")
-            sha = ((summary.get("bank_identity") or {}).get("sha256") or "?")[:12]
+            bank = summary.get("bank_identity") or {}
+            sha = (bank.get("sha256") or "?")[:12]
+            shown = f"{sha} (`{bank['folder']}`)" if bank.get("folder") else sha
             protocol = summary.get("protocol") or (summary.get("settings") or {}).get("protocol", 1)
             average = f"{100 * entry['average']:.1f}" if entry["average"] is not None else "–"
-            lines.append(f"| {method} | [{name}]({name}.md) | {sha} | {protocol} | " + " | ".join(cells) + f" | {average} |")
+            lines.append(f"| {method} | [{name}]({name}.md) | {shown} | {protocol} | " + " | ".join(cells) + f" | {average} |")
             rows.append({"method": method, "table": name, "bank_sha256": sha, "protocol": protocol,
                          "tasks": entry["tasks"], "average": entry["average"]})  # fmt: skip
     (args.results / f"{args.name}.md").write_text("\n".join(lines) + "\n")
