@@ -192,7 +192,10 @@ def main() -> None:
         "loss_curve": [(h["step"], h["loss"]) for h in run["history"]],
     }
     if args.stage == "pretrain":
-        result["routing"] = routing_diagnostics(Path(args.bank) if args.bank else run_dir / "bank")
+        bank_dir = Path(args.bank) if args.bank else run_dir / "bank"
+        result["routing"] = routing_diagnostics(bank_dir)
+        # extractive examples whose answer max_length cuts away, dropped before training (recorded in the bank)
+        result["unreachable_dropped"] = read_bank_config(bank_dir)["training"].get("unreachable_dropped")
         plot_similarity(result["routing"], RESULTS / f"{args.name}-routes.png")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
@@ -245,6 +248,10 @@ def main() -> None:
             *[f"| {t} | {v['untrained']:.3f} | {v['trained']:.3f} |" for t, v in sorted(per_task.items())],
             f"| **mean** | **{result['mean_untrained']:.3f}** | **{result['mean_trained']:.3f}** |",
         ]
+    if result.get("unreachable_dropped"):
+        dropped = ", ".join(f"{task} {n}" for task, n in result["unreachable_dropped"].items())
+        lines += ["", f"Training examples dropped because truncation to {config['max_length']} tokens cuts their "
+                  f"answer away: {dropped}."]  # fmt: skip
     if "routing" in result:
         lines += routing_markdown(result["routing"], args.name)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
