@@ -51,7 +51,7 @@ from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.loop import dev_evaluations, run_budget, split_budget
 from modprompt.adapt.registry import METHODS
 from modprompt.adapt.run import adapt, fit_max_length, subset
-from modprompt.backbone import resolve_backbone
+from modprompt.backbone import Backbone, resolve_backbone
 from modprompt.baselines.adapt_methods import prefinetuned_identity
 from modprompt.checksum import file_sha256
 from modprompt.config_flags import add_dataclass_flags, dataclass_flag_values, flag_fields
@@ -97,7 +97,9 @@ PROTOCOL_TEXT = {
 
 def _grid(args: argparse.Namespace) -> ResultGrid:
     # The pre-finetuned model's path may differ: only ``prefinetune`` reads it, so adding that method later is allowed.
-    return ResultGrid(args.results / args.name, args.methods, args.tasks, args.seeds, AdaptConfig, per_run_fields=PER_RUN)
+    return ResultGrid(
+        args.results / args.name, args.methods, args.tasks, args.seeds, AdaptConfig, per_run_fields=PER_RUN
+    )
 
 
 def _shared(args: argparse.Namespace) -> dict:
@@ -167,7 +169,9 @@ def chosen_step(result: dict) -> int:
     return chosen
 
 
-def carry_check(stored: dict, config: AdaptConfig, max_length: int, same_bank: bool, prompt_tokens_match: bool) -> str | None:
+def carry_check(
+    stored: dict, config: AdaptConfig, max_length: int, same_bank: bool, prompt_tokens_match: bool
+) -> str | None:
     """Why the stored run ``stored`` is not exactly what ``config`` would run (None: it is, so it may be carried).
 
     ``max_length`` is what ``config``'s protocol sizes for the cell; ``same_bank``: the stored cell's bank is
@@ -180,7 +184,9 @@ def carry_check(stored: dict, config: AdaptConfig, max_length: int, same_bank: b
         if method in PROMPT_LENGTH_FROM_BANK and config.num_tokens is None and not prompt_tokens_match:
             return "another bank's prompt length"
     old = AdaptConfig.from_dict(stored["config"])
-    as_new = dataclasses.replace(old, protocol=config.protocol, patience=config.patience, prefinetuned=config.prefinetuned)
+    as_new = dataclasses.replace(
+        old, protocol=config.protocol, patience=config.patience, prefinetuned=config.prefinetuned
+    )
     if as_new.to_dict() != config.to_dict():
         changed = sorted(k for k, v in config.to_dict().items() if as_new.to_dict()[k] != v)
         return f"other settings ({', '.join(changed)})"
@@ -203,15 +209,26 @@ def carry_check(stored: dict, config: AdaptConfig, max_length: int, same_bank: b
     return None
 
 
-def carry_over(grid: ResultGrid, todo: list, source: Path, identity: dict, backbone, args) -> list:
+def _prompt_tokens(bank: str | Path) -> int:
+    return int(read_bank_config(bank)["prompt"]["num_tokens"])
+
+
+#: the cells left to run: (config, task, path), as :meth:`ResultGrid.missing` lists them
+Todo = list[tuple[AdaptConfig, str, Path]]
+
+
+def carry_over(
+    grid: ResultGrid, todo: Todo, source: Path, identity: dict, backbone: Backbone, args: argparse.Namespace
+) -> Todo:
     """Store each missing cell that table ``source`` holds and :func:`carry_check` passes; the rest stay to do."""
     source_identity = _stored_identity(source)
     if source_identity.get("backbone") != identity["backbone"]:
-        raise SystemExit(f"{source} holds results of backbone {source_identity.get('backbone')}, not {identity['backbone']}")
+        raise SystemExit(
+            f"{source} holds results of backbone {source_identity.get('backbone')}, not {identity['backbone']}"
+        )
     same_bank = source_identity.get("bank_sha256") == identity["bank_sha256"]
     old_bank = _bank_folder(source_identity["bank_sha256"]) if not same_bank else Path(args.bank)
-    tokens = (lambda bank: int(read_bank_config(bank)["prompt"]["num_tokens"]))  # fmt: skip
-    prompt_tokens_match = old_bank is not None and tokens(old_bank) == tokens(args.bank)
+    prompt_tokens_match = old_bank is not None and _prompt_tokens(old_bank) == _prompt_tokens(args.bank)
     left, reasons, splits = [], Counter(), {}
     for config, task, path in todo:
         stored_path = source / path.relative_to(grid.root)
@@ -228,7 +245,8 @@ def carry_over(grid: ResultGrid, todo: list, source: Path, identity: dict, backb
         reason = carry_check(stored, config, max_length, same_bank, prompt_tokens_match)
         if reason is None and config.method == "prefinetune":
             model = prefinetuned_identity(config.prefinetuned)["sha256"] if config.prefinetuned else None
-            reason = None if model == (stored.get("prefinetuned") or {}).get("sha256") else "another pre-finetuned model"
+            same_model = model == (stored.get("prefinetuned") or {}).get("sha256")
+            reason = None if same_model else "another pre-finetuned model"
         if reason is not None:
             reasons[reason] += 1
             left.append((config, task, path))
@@ -241,7 +259,8 @@ def carry_over(grid: ResultGrid, todo: list, source: Path, identity: dict, backb
             "step_budget": stage["step_budget"],
             "dev_evaluations": len(stage["evaluations"]),
             "chosen_step": stage["best_step"],
-            # carry_check found the run the same under this table's bank: the cell is this bank's (it says which it ran from)
+            # carry_check found the run the same under this table's bank: the cell is this bank's (and says
+            # which bank it ran from)
             "bank_sha256": identity["bank_sha256"],
             "stages": [{**stage, "best_run_step": stage["best_step"], "dev_evaluations": len(stage["evaluations"])}],
             "carried_from": {
@@ -283,7 +302,7 @@ def estimate_seconds(reference: Path, config: AdaptConfig, task: str) -> float |
     return statistics.fmean(estimates)
 
 
-def _print_plan(todo: list, args: argparse.Namespace) -> None:
+def _print_plan(todo: Todo, args: argparse.Namespace) -> None:
     """The cells left to run and their estimated times, as JSON on stdout."""
     reference = args.results / (args.estimate_from or args.carry_from or args.name)
     cells, per_method = [], Counter()
@@ -335,7 +354,9 @@ def _stats(values: list[int]) -> dict:
 
 def _span(stats: dict) -> str:
     """``value`` when every run had it, else ``mean (min–max)``."""
-    return str(stats["min"]) if stats["min"] == stats["max"] else f"{stats['mean']:.1f} ({stats['min']}–{stats['max']})"
+    if stats["min"] == stats["max"]:
+        return str(stats["min"])
+    return f"{stats['mean']:.1f} ({stats['min']}–{stats['max']})"
 
 
 def budgets(grid: ResultGrid) -> dict:
@@ -436,7 +457,8 @@ def _budget_lines(summary: dict) -> list[str]:
         runs = entry["runs"]
         lines.append(
             f"| {method} | {entry['stages']} | {', '.join(entry['step_budget'])} | {_span(entry['steps'])} | "
-            f"{_span(entry['dev_evaluations'])} | {entry['stopped_early']} of {runs} | {entry['chose_step_0']} of {runs} |"
+            f"{_span(entry['dev_evaluations'])} | {entry['stopped_early']} of {runs} | "
+            f"{entry['chose_step_0']} of {runs} |"
             + (f" {entry['carried']} of {runs} |" if carried else "")
         )
     lines += ["", "*step budget* per stage; *steps trained* and *dev evaluations* per run (mean, and range where "
@@ -455,7 +477,8 @@ def write_markdown(summary: dict, path: Path, seeds: int) -> None:
         "the whole training split) and scoring the test set. Both are averaged over runs."
     )
     for model in summary["prefinetuned"]:
-        intro += f" `prefinetune` starts from the pre-finetuned model `{_shown(Path(model['path']))}` (weights sha256 {model['sha256']})."
+        where = _shown(Path(model["path"]))  # not this machine's absolute path
+        intro += f" `prefinetune` starts from the pre-finetuned model `{where}` (weights sha256 {model['sha256']})."
     budget = _budget_lines(summary)
     if budget:
         intro += "\n\n" + "\n".join(budget)
@@ -490,7 +513,7 @@ def compare_tables(args: argparse.Namespace, grid: ResultGrid) -> dict:
                 "cell": path.relative_to(grid.root).as_posix(),
                 "metric": [a["metric"], b["metric"]],
                 "chosen_step": [chosen_step(a), chosen_step(b)],
-                "same": a["metric"] == b["metric"] and _dev_scores(a) == _dev_scores(b) and chosen_step(a) == chosen_step(b),
+                "same": (a["metric"], _dev_scores(a), chosen_step(a)) == (b["metric"], _dev_scores(b), chosen_step(b)),
                 "max_loss_difference": max((abs(x - y) for x, y in losses), default=None),
                 "machines": [a.get("machine"), b.get("machine")],
             })  # fmt: skip
@@ -505,7 +528,8 @@ def side_by_side(args: argparse.Namespace) -> dict:
     saying its bank (sha256) and protocol, so that an old bank's rows stand beside a new one's."""
     missing = [name for name in args.side_by_side if not (args.results / f"{name}.json").is_file()]
     if missing:
-        raise SystemExit(f"no {', '.join(f'{n}.json' for n in missing)} in {args.results}: aggregate those tables first")
+        names = ", ".join(f"{n}.json" for n in missing)
+        raise SystemExit(f"no {names} in {args.results}: aggregate those tables first")
     tables = [(name, json.loads((args.results / f"{name}.json").read_text())) for name in args.side_by_side]
     tasks = list(dict.fromkeys(t for _, s in tables for t in s["tasks"]))
     lines = ["# Few-shot adaptation: tables side by side", "",
@@ -532,7 +556,8 @@ def side_by_side(args: argparse.Namespace) -> dict:
             shown = f"{sha} (`{bank['folder']}`)" if bank.get("folder") else sha
             protocol = summary.get("protocol") or (summary.get("settings") or {}).get("protocol", 1)
             average = f"{100 * entry['average']:.1f}" if entry["average"] is not None else "–"
-            lines.append(f"| {method} | [{name}]({name}.md) | {shown} | {protocol} | " + " | ".join(cells) + f" | {average} |")
+            row = f"| {method} | [{name}]({name}.md) | {shown} | {protocol} | "
+            lines.append(row + " | ".join(cells) + f" | {average} |")
             rows.append({"method": method, "table": name, "bank_sha256": sha, "protocol": protocol,
                          "tasks": entry["tasks"], "average": entry["average"]})  # fmt: skip
     (args.results / f"{args.name}.md").write_text("\n".join(lines) + "\n")
@@ -549,11 +574,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     carry = p.add_argument_group("carrying cells over, planning")
     carry.add_argument("--carry-from", metavar="NAME", help="first copy the cells of table NAME that this protocol "
                        "would have run exactly alike (each says where it came from)")  # fmt: skip
-    carry.add_argument("--carry-only", action="store_true", help="with --carry-from: carry, print the plan, run nothing")
-    carry.add_argument("--plan", action="store_true", help="print the cells left to run and their estimated times (JSON); run nothing")
-    carry.add_argument("--estimate-from", metavar="NAME", help="the table whose stored runs time the plan (default: --carry-from)")
-    p.add_argument("--side-by-side", nargs="+", metavar="NAME",
-                   help="write one table (--name) from the stored tables NAME ..., a row per method and table")  # fmt: skip
+    carry.add_argument(
+        "--carry-only", action="store_true", help="with --carry-from: carry, print the plan, run nothing"
+    )
+    carry.add_argument(
+        "--plan", action="store_true", help="print the cells left to run and their estimated times (JSON); run nothing"
+    )
+    carry.add_argument(
+        "--estimate-from", metavar="NAME", help="the table whose stored runs time the plan (default: --carry-from)"
+    )
+    p.add_argument(
+        "--side-by-side",
+        nargs="+",
+        metavar="NAME",
+        help="write one table (--name) from the stored tables NAME ..., a row per method and table",
+    )
     p.add_argument("--compare-with", metavar="NAME", help="compare this table's stored cells with table NAME's "
                    "(metric, dev scores, chosen step), write NAME-vs-... .json and print it; runs nothing")  # fmt: skip
     args = p.parse_args(argv)

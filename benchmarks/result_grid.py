@@ -262,7 +262,9 @@ def write_plot(summary: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def add_grid_arguments(p: argparse.ArgumentParser, methods: Sequence[str], name: str, bank_required: bool = True) -> None:
+def add_grid_arguments(
+    p: argparse.ArgumentParser, methods: Sequence[str], name: str, bank_required: bool = True
+) -> None:
     """The arguments every grid benchmark takes: what to run, where the data and results are, threads.
 
     ``bank_required=False`` leaves checking ``--bank`` to the script (one of its modes may not need it)."""

@@ -55,7 +55,8 @@ def add_dataclass_flags(
 
     The help is the field's ``metadata["help"]`` plus its default (unless the help already speaks of one)
     and ``note``; ``metadata["choices"]`` restricts the values. A ``bool`` field becomes a switch
-    (``store_true``; it turns on what defaults to off). Every flag defaults to None: only the flags given override the config's defaults.
+    (``store_true``; it turns on what defaults to off). Every flag defaults to None: only the flags given
+    override the config's defaults.
     """
     hints = typing.get_type_hints(cls)
     added = []

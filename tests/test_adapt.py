@@ -109,6 +109,25 @@ def test_adapt_help_names_every_method(capsys):
     assert all(name in shown for name in METHODS)
 
 
+def test_every_adapt_flag_is_generated_from_its_field_and_sets_it():
+    from modprompt.adapt.cli import _FLAGS
+    from modprompt.config_flags import dataclass_flag_values
+
+    parser = argparse.ArgumentParser()
+    add_adapt(parser.add_subparsers())
+    given = {"seed": 3, "protocol": 1, "k_per_label": 8, "max_length": 128, "num_tokens": 4, "batch_size": 4,
+             "max_epochs": 2, "max_steps": 6, "eval_every": 3, "patience": 2, "lr_router": 0.5, "lr_prompt": 0.01,
+             "lr_soft_prompt": 0.1, "lr_head": 0.01, "lr_backbone": 1e-4, "mp2_tune": "modules",
+             "prefinetuned": "RUN/model", "test_limit": 20, "dev_limit": 10}  # fmt: skip
+    argv = ["adapt", "--task", "eprstmt", "--method", "mp2", "--router-shared"]
+    argv += [arg for name, value in given.items() for arg in ("--" + name.replace("_", "-"), str(value))]
+    args = parser.parse_args(argv)
+    config = AdaptConfig(args.method, **dataclass_flag_values(args, _FLAGS))
+    assert {name: getattr(config, name) for name in given} == given and config.router_shared
+    untouched = parser.parse_args(["adapt", "--task", "eprstmt", "--method", "pt"])
+    assert AdaptConfig("pt", **dataclass_flag_values(untouched, _FLAGS)) == AdaptConfig("pt")  # defaults stay
+
+
 def test_the_parser_imports_no_torch():
     # `modprompt --help` (and `tasks`, `data`) should answer at once, not after seconds of torch import.
     code = "import sys, modprompt.cli as c; c.build_parser(); print(sorted(m for m in ('torch', 'peft') if m in sys.modules))"
@@ -281,8 +300,13 @@ def test_each_example_is_encoded_once_per_run(decoder, bank, data_root, monkeypa
 
     encoded = []
     original = MRCEncoder._encode_batch
-    monkeypatch.setattr(MRCEncoder, "_encode_batch", lambda self, examples: encoded.extend(examples) or original(self, examples))
-    config = AdaptConfig("deep-pt", **{**FAST, "max_steps": 4, "eval_every": 1, "dev_limit": 8})  # prepare + 5 dev evaluations
+    def counting(self, examples):
+        encoded.extend(examples)
+        return original(self, examples)
+
+    monkeypatch.setattr(MRCEncoder, "_encode_batch", counting)
+    # deep-pt prepares on train, then trains with 5 dev evaluations and scores test: each example once
+    config = AdaptConfig("deep-pt", **{**FAST, "max_steps": 4, "eval_every": 1, "dev_limit": 8})
     result = adapt(config, "eprstmt", data_root, bank=bank, backbone=decoder)
     assert result["dev_evaluations"] == 5
     sizes = result["examples"]
@@ -487,9 +511,10 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
 
 def test_fewshot_tables_hold_one_protocol_and_one_bank(tiny_decoder, bank, data_root, tmp_path, monkeypatch, capsys):
     fewshot = _fewshot_benchmark(monkeypatch)
-    common = ["--bank", str(bank), "--backbone", str(tiny_decoder), "--data", str(data_root), "--results", str(tmp_path),
-              "--methods", "pt", "route-only", "--tasks", "eprstmt", "--seeds", "1", "--test-limit", "20",
-              "--max-steps", "6", "--eval-every", "2", "--max-length", "96", "--lr-head", "0.05"]  # fmt: skip
+    common = ["--bank", str(bank), "--backbone", str(tiny_decoder), "--data", str(data_root),
+              "--results", str(tmp_path), "--methods", "pt", "route-only", "--tasks", "eprstmt", "--seeds", "1",
+              "--test-limit", "20", "--max-steps", "6", "--eval-every", "2", "--max-length", "96",
+              "--lr-head", "0.05"]  # fmt: skip
     old = fewshot.main([*common, "--name", "old", "--protocol", "1", "--patience", "100"])
     assert old["protocol"] == 1 and "**Protocol 1**" in (tmp_path / "old.md").read_text()
     legacy = tmp_path / "old/pt/eprstmt/seed1.json"  # as stored before protocols: no "protocol" in its config
@@ -501,7 +526,8 @@ def test_fewshot_tables_hold_one_protocol_and_one_bank(tiny_decoder, bank, data_
     # pt trained its whole budget and its best dev step is unique: protocol 2 would have run it alike, so it is
     # carried over; route-only's dev scores tie, so protocol 2 chooses another step and runs it again.
     fair = fewshot.main([*common, "--name", "fair", "--carry-from", "old"])
-    assert fair["protocol"] == 2 and fair["budgets"]["pt"]["carried"] == 1 and fair["budgets"]["route-only"]["carried"] == 0
+    assert fair["protocol"] == 2
+    assert fair["budgets"]["pt"]["carried"] == 1 and fair["budgets"]["route-only"]["carried"] == 0
     carried = json.loads((tmp_path / "fair/pt/eprstmt/seed1.json").read_text())
     assert carried["carried_from"]["path"] == "old/pt/eprstmt/seed1.json" and carried["config"]["protocol"] == 2
     assert carried["machine"] == cell["machine"]  # it keeps the machine it ran on
@@ -510,7 +536,8 @@ def test_fewshot_tables_hold_one_protocol_and_one_bank(tiny_decoder, bank, data_
     # The reproduction check: run fresh under protocol 2, the carried cell comes out the same.
     fewshot.main([*common, "--name", "repro", "--methods", "pt"])
     fresh = json.loads((tmp_path / "repro/pt/eprstmt/seed1.json").read_text())
-    assert (fresh["metric"], fresh["stages"][0]["evaluations"]) == (carried["metric"], carried["stages"][0]["evaluations"])
+    assert fresh["metric"] == carried["metric"]
+    assert fresh["stages"][0]["evaluations"] == carried["stages"][0]["evaluations"]
     report = fewshot.main([*common, "--name", "repro", "--methods", "pt", "--compare-with", "fair"])
     assert report["cells"] == report["same"] == 1 and (tmp_path / "repro-vs-fair.json").is_file()
 

@@ -1,7 +1,7 @@
 """Few-shot adaptation of a pre-trained prompt bank (MP2) and of the baselines, under one loop.
 
 ``config`` (AdaptConfig), ``registry`` (the methods by name: METHODS), ``methods`` (one class per method,
-saving and loading the adapted parameters), ``loop`` (training with early stopping on the dev set), ``run``
+saving and loading the adapted parameters), ``loop`` (training for a step budget, selecting on the dev set), ``run``
 (one run end to end: :func:`adapt`, :func:`load_adapted`), ``predict`` (a user's file -> JSON lines), ``cli``.
 
 The names below load on first use, so that the ``modprompt`` parser (which reads AdaptConfig's

@@ -70,7 +70,8 @@ class AdaptConfig:
         ),
     )
     k_per_label: int = field(
-        default=16, metadata=_help("examples per label for train and for dev, for tasks without official few-shot files")
+        default=16,
+        metadata=_help("examples per label for train and for dev, for tasks without official few-shot files"),
     )
     max_length: int = field(default=256, metadata=_help("tokens per example (only the passage is cut)"))
     min_passage_tokens: int = field(
@@ -82,25 +83,37 @@ class AdaptConfig:
     )
     num_tokens: int | None = field(
         default=None,
-        metadata=_help("prompt tokens of pt/deep-pt (default: the bank's when one is given, else 16); bank methods use the bank's"),
+        metadata=_help(
+            "prompt tokens of pt/deep-pt (default: the bank's when one is given, else 16); bank methods use the bank's"
+        ),
     )
     router_shared: bool = field(default=False, metadata=_help("mp2: one router for all layers in stage 1 (K numbers)"))
     mp2_tune: str = field(
         default="both",
-        metadata=_help("mp2 stage 2 tunes the bank's 'modules', 'projection' or 'both'", choices=("modules", "projection", "both")),
+        metadata=_help(
+            "mp2 stage 2 tunes the bank's 'modules', 'projection' or 'both'", choices=("modules", "projection", "both")
+        ),
     )
-    lr_router: float = field(default=0.2, metadata=_help("learning rate of routers (mp2 stage 1, route-only, route-per-layer)"))
-    lr_prompt: float = field(default=1e-3, metadata=_help("learning rate of the bank's modules/projections in mp2 stage 2"))
+    lr_router: float = field(
+        default=0.2, metadata=_help("learning rate of routers (mp2 stage 1, route-only, route-per-layer)")
+    )
+    lr_prompt: float = field(
+        default=1e-3, metadata=_help("learning rate of the bank's modules/projections in mp2 stage 2")
+    )
     lr_soft_prompt: float = field(default=1e-2, metadata=_help("learning rate of pt's and deep-pt's prompts"))
     lr_head: float = field(default=1e-3, metadata=_help("learning rate of the fresh head of pt, deep-pt and ft"))
     lr_backbone: float = field(default=2e-5, metadata=_help("learning rate of ft's backbone"))
-    init_std: float = field(default=0.02, metadata=_help("deep-pt's initial prompts, in units of each layer's hidden-state RMS"))
+    init_std: float = field(
+        default=0.02, metadata=_help("deep-pt's initial prompts, in units of each layer's hidden-state RMS")
+    )
     prefinetuned: str | None = field(
         default=None,
         metadata=_help("prefinetune: the pre-finetuned model folder (RUN_DIR/model of `modprompt prefinetune`)"),
     )
     batch_size: int = field(default=8, metadata=_help("training examples per optimiser step"))
-    max_epochs: int = field(default=20, metadata=_help("epochs of the train split in the step budget, before max_steps caps it"))
+    max_epochs: int = field(
+        default=20, metadata=_help("epochs of the train split in the step budget, before max_steps caps it")
+    )
     max_steps: int | None = field(
         default=None,
         metadata=_help(
@@ -112,8 +125,8 @@ class AdaptConfig:
     patience: int | None = field(
         default=None,
         metadata=_help(
-            f"protocol 1 only: dev evaluations without improvement before a stage stops (default {PROTOCOL1_PATIENCE}); "
-            "protocol 2 never stops early"
+            "protocol 1 only: dev evaluations without improvement before a stage stops "
+            f"(default {PROTOCOL1_PATIENCE}); protocol 2 never stops early"
         ),
     )
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient norm clip (0: none)"))
@@ -122,7 +135,9 @@ class AdaptConfig:
     test_limit: int | None = field(
         default=None, metadata=_help("score only this many test examples (a fixed subset, the same for every method)")
     )
-    dev_limit: int | None = field(default=None, metadata=_help("select on only this many dev examples (a fixed subset)"))
+    dev_limit: int | None = field(
+        default=None, metadata=_help("select on only this many dev examples (a fixed subset)")
+    )
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:

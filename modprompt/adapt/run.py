@@ -1,7 +1,8 @@
 """One few-shot adaptation run end to end, and reopening its saved result.
 
-:func:`adapt` is what ``modprompt adapt`` and ``benchmarks/fewshot.py`` call: few-shot splits -> method
--> training with early stopping -> test metrics -> (optionally) the adapted files -> a JSON-able result.
+:func:`adapt` is what ``modprompt adapt`` and ``benchmarks/fewshot.py`` call: the task (resolved once) ->
+few-shot splits -> method -> each split encoded once -> training under the config's protocol, selecting on
+dev (:mod:`modprompt.adapt.loop`) -> test metrics -> (optionally) the adapted files -> a JSON-able result.
 :func:`load_adapted` reopens the adapted files on their backbone (and bank) for prediction.
 """
 
