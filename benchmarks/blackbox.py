@@ -29,9 +29,11 @@ from pathlib import Path
 
 from result_grid import ResultGrid, add_grid_arguments, run_grid, write_table
 
+from modprompt.arguments import progress_arg
 from modprompt.blackbox.tune import METHODS, PAPER_BUDGETS, PRESETS, TuneConfig, load_bank_modules, tune_task
 from modprompt.checksum import file_sha256
 from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
+from modprompt.progress import Progress
 
 logger = logging.getLogger("blackbox")
 
@@ -73,14 +75,16 @@ def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
     # A served model does not send its bank's modules; mp2-bb reads them from --bank (the served bank) to
     # start its stage 2 at their routed mix. In-process, tune reads the scorer's own.
     modules = load_bank_modules(args.bank) if args.server else None
-    for i, (config, task, path) in enumerate(todo, 1):
-        logger.info("[%d/%d] %s on %s, seed %d", i, len(todo), config.method, task, config.seed)
-        state = args.work / args.name / config.method / task / f"seed{config.seed}.pkl"
-        result = tune_task(objective, task, args.data, config, state, modules)
-        result["server"] = args.server or "in-process"
-        grid.store(path, result, None if args.server else args.device)
-        logger.info("  %s: metric %.4f, %d calls, %.0f s", path.relative_to(grid.root), result["metric"],
-                    result["calls"], result["train_seconds"])  # fmt: skip
+    with Progress(len(todo), args.name, "run", progress_arg(args)).shown() as bar:  # each run shows its own too
+        for i, (config, task, path) in enumerate(todo, 1):
+            logger.info("[%d/%d] %s on %s, seed %d", i, len(todo), config.method, task, config.seed)
+            state = args.work / args.name / config.method / task / f"seed{config.seed}.pkl"
+            result = tune_task(objective, task, args.data, config, state, modules, progress=progress_arg(args))
+            result["server"] = args.server or "in-process"
+            grid.store(path, result, None if args.server else args.device)
+            logger.info("  %s: metric %.4f, %d calls, %.0f s", path.relative_to(grid.root), result["metric"],
+                        result["calls"], result["train_seconds"])  # fmt: skip
+            bar.step(metric=result["metric"])
 
 
 def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:

@@ -51,6 +51,7 @@ from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.loop import dev_evaluations, run_budget, split_budget
 from modprompt.adapt.registry import METHODS
 from modprompt.adapt.run import adapt, fit_max_length, subset
+from modprompt.arguments import progress_arg
 from modprompt.backbone import Backbone, resolve_backbone
 from modprompt.baselines.adapt_methods import prefinetuned_identity
 from modprompt.checksum import file_sha256
@@ -58,6 +59,7 @@ from modprompt.config_flags import add_dataclass_flags, dataclass_flag_values, f
 from modprompt.data.fewshot import fewshot_splits
 from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.model import read_bank_config
+from modprompt.progress import Progress
 
 logger = logging.getLogger("fewshot")
 
@@ -133,11 +135,15 @@ def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
     if args.plan or args.carry_only:
         _print_plan(todo, args)
         return
-    for i, (config, task, path) in enumerate(todo, 1):
-        logger.info("[%d/%d] %s on %s, seed %d", i, len(todo), config.method, task, config.seed)
-        result = adapt(config, task, args.data, bank=args.bank, backbone=backbone, device=args.device)
-        grid.store(path, result, result["device"])
-        logger.info("  %s: metric %.4f, %.0f s", path.relative_to(grid.root), result["metric"], result["fit_seconds"])
+    with Progress(len(todo), args.name, "run", progress_arg(args)).shown() as bar:  # each run shows its own too
+        for i, (config, task, path) in enumerate(todo, 1):
+            logger.info("[%d/%d] %s on %s, seed %d", i, len(todo), config.method, task, config.seed)
+            result = adapt(config, task, args.data, bank=args.bank, backbone=backbone, device=args.device,
+                           progress=progress_arg(args))  # fmt: skip
+            grid.store(path, result, result["device"])
+            logger.info("  %s: metric %.4f, %.0f s", path.relative_to(grid.root), result["metric"],
+                        result["fit_seconds"])  # fmt: skip
+            bar.step(metric=result["metric"])
 
 
 # -- carrying cells over from another table --------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 from machine import describe_machine, machine_text
 
 from modprompt.adapt.run import subset
+from modprompt.arguments import add_quiet_argument
 from modprompt.cli import add_device_argument
 from modprompt.data.builtin import DOWNSTREAM_TASKS
 from modprompt.data.download import default_data_root
@@ -265,7 +266,7 @@ def write_plot(summary: dict, path: Path, title: str) -> None:
 def add_grid_arguments(
     p: argparse.ArgumentParser, methods: Sequence[str], name: str, bank_required: bool = True
 ) -> None:
-    """The arguments every grid benchmark takes: what to run, where the data and results are, threads.
+    """The arguments every grid benchmark takes: what to run, where the data and results are, threads, --quiet.
 
     ``bank_required=False`` leaves checking ``--bank`` to the script (one of its modes may not need it)."""
     p.add_argument("--bank", required=bank_required, help="the pre-trained bank folder")
@@ -290,6 +291,7 @@ def add_grid_arguments(
         help="torch CPU threads (default: torch's); use 1 while another heavy process shares a 2-core machine",
     )
     add_device_argument(p)
+    add_quiet_argument(p)
 
 
 def run_grid(
