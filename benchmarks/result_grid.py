@@ -29,8 +29,7 @@ from typing import Any
 from machine import describe_machine, machine_text
 
 from modprompt.adapt.run import subset
-from modprompt.arguments import add_quiet_argument
-from modprompt.cli import add_device_argument
+from modprompt.arguments import add_device_argument, add_quiet_argument
 from modprompt.data.builtin import DOWNSTREAM_TASKS
 from modprompt.data.download import default_data_root
 from modprompt.data.fewshot import fewshot_splits

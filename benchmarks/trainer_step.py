@@ -37,7 +37,7 @@ import torch
 from machine import describe_machine, machine_text
 
 from modprompt.baselines.prefinetune import PrefinetuneConfig, PrefinetuneObjective, build_objective
-from modprompt.cli import data_root_arg
+from modprompt.arguments import data_root_arg
 from modprompt.modular.pretrain import ModularPromptObjective, PretrainConfig, build_model, upstream_data
 from modprompt.training.trainer import MultiTaskTrainer
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from modprompt.adapt.config import AdaptConfig
-from modprompt.cli import add_data_argument, add_device_argument, add_lenient_argument
+from modprompt.arguments import (
+    add_data_argument,
+    add_device_argument,
+    add_lenient_argument,
+    add_quiet_argument,
+    progress_arg,
+)
 from modprompt.config_flags import add_dataclass_flags, dataclass_flag_values, flag_fields
 
 #: AdaptConfig fields that are not flags of their own: the method is asked for with the methods' names
@@ -37,14 +43,14 @@ def add_adapt(sub) -> None:
     p.add_argument("--out", help="save the adapted parameters here (for `modprompt predict`)")
     add_lenient_argument(p)
     add_device_argument(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal anyway)")
+    add_quiet_argument(p)
     add_dataclass_flags(p.add_argument_group("settings (AdaptConfig)"), AdaptConfig, _FLAGS)
     p.set_defaults(func=run_adapt)
 
 
 def run_adapt(args: argparse.Namespace) -> int:
     from modprompt.adapt.run import adapt
-    from modprompt.cli import data_root_arg, print_json
+    from modprompt.arguments import data_root_arg, print_json
     from modprompt.data.readers import collect_skips, skip_summary
 
     config = AdaptConfig(args.method, **dataclass_flag_values(args, _FLAGS))
@@ -59,7 +65,7 @@ def run_adapt(args: argparse.Namespace) -> int:
             out=args.out,
             device=args.device,
             lenient=args.lenient,
-            progress=False if args.quiet else None,
+            progress=progress_arg(args),
         )
     result["skipped"] = skip_summary(skipped)
     for stage in result["stages"]:
@@ -92,7 +98,7 @@ def add_predict(sub) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from modprompt.adapt.predict import predict_file, record_spec
     from modprompt.adapt.run import load_adapted, read_adapted_config
-    from modprompt.cli import print_json
+    from modprompt.arguments import print_json
 
     spec = record_spec(read_adapted_config(args.adapted), args.input, args.task_spec, args.task)
     method = load_adapted(args.adapted, backbone=args.backbone, bank=args.bank, device=args.device)

@@ -5,7 +5,7 @@ Kept apart from the training code so that building the ``modprompt`` parser impo
 
 from __future__ import annotations
 
-from modprompt.cli import add_run_arguments, data_root_arg, print_run_summary
+from modprompt.arguments import add_run_arguments, data_root_arg, print_run_summary
 
 
 def add_parser(sub) -> None:

@@ -15,15 +15,17 @@ import argparse
 import json
 import logging
 
-from modprompt.blackbox.params import Limits
-from modprompt.cli import (
+from modprompt.arguments import (
     SPLIT_FLAGS,
     add_config_flags,
     add_data_argument,
     add_device_argument,
     add_lenient_argument,
+    add_quiet_argument,
     config_flags,
+    progress_arg,
 )
+from modprompt.blackbox.params import Limits
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +153,7 @@ def add_bbt_parser(sub) -> None:
     p.add_argument("--retries", type=int, default=5, help="retries of a failed call (5xx, connection)")
     p.add_argument("--max-length", type=int, default=256, help="with --bank: tokens per example")
     p.add_argument("--threads", type=int, help="with --bank: torch CPU threads (default: torch's choice)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal anyway)")
+    add_quiet_argument(p)
     add_device_argument(p, "with --bank: ")
     add_config_flags(p, _TUNE_FLAGS)  # defaults depend on --preset and --method: the helps say them
     for name, (choices, text) in _TUNE_CHOICES.items():
@@ -164,7 +166,7 @@ def run_bbt(args: argparse.Namespace) -> int:
 
     from modprompt.blackbox.objective import InProcessObjective, RemoteObjective
     from modprompt.blackbox.tune import TuneConfig, load_bank_modules, tune_task
-    from modprompt.cli import data_root_arg, print_json
+    from modprompt.arguments import data_root_arg, print_json
     from modprompt.data.readers import collect_skips, skip_summary
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the progress
@@ -191,7 +193,7 @@ def run_bbt(args: argparse.Namespace) -> int:
         objective = InProcessObjective(scorer)
     with collect_skips() as skipped:
         result = tune_task(objective, args.task, data_root_arg(args.data), config, state, modules, lenient=args.lenient,
-                           progress=False if args.quiet else None)
+                           progress=progress_arg(args))
     result["skipped"] = skip_summary(skipped)
     result["server"] = args.server or "in-process"
     if args.server:
