@@ -8,11 +8,11 @@ import logging
 from collections import defaultdict
 
 import pytest
+from spreadsheet import read_xlsx
 
 from modprompt.data.builtin import DOWNSTREAM_TASKS
 from modprompt.data.builtin.convert import Drop, clean, hashed_split
 from modprompt.data.mrc import MRCExample, Role, TaskKind
-from modprompt.data.readers import read_xlsx
 from modprompt.data.task import all_tasks, get_task
 
 UPSTREAM = {

@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from spreadsheet import read_xlsx
 
 from modprompt.data.builtin.convert import NLI, option_converter
 from modprompt.data.readers import (
@@ -17,7 +18,6 @@ from modprompt.data.readers import (
     read_json,
     read_json_records,
     read_jsonl,
-    read_xlsx,
 )
 
 
