@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -362,6 +363,46 @@ def test_health_answers_at_once_while_the_model_is_busy_and_requests_queue(serve
     statuses = [a.status_code for a in answers]
     assert set(statuses) <= {200, 503} and 1 <= statuses.count(200) <= ServerConfig().max_queue
     assert all(a.headers["Retry-After"] == "1" for a in answers if a.status_code == 503)
+
+
+def _exchange(sock: socket.socket, request: bytes) -> bytes:
+    """Send one HTTP/1.1 request on ``sock`` and read its whole answer (headers and Content-Length body)."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_failure_is_a_500_on_a_connection_that_stays_usable(served, monkeypatch, caplog):
+    url, scorer, _ = served
+    monkeypatch.setattr(scorer, "stats", lambda: 1 / 0)
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        first = _exchange(sock, f"GET /v1/info HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode())
+        assert first.startswith(b"HTTP/1.1 500") and b'"error":"internal error"' in first
+        second = _exchange(sock, b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection
+        assert second.startswith(b"HTTP/1.1 200")
+    assert "ZeroDivisionError" in caplog.text and KEY not in caplog.text
+
+
+def test_answers_too_large_to_send_are_refused(served, http):
+    """with_scores sends candidates × options numbers: past max_scores a 422, inline or for an uploaded set."""
+    url, scorer, splits = served
+    dataset = http.post("/v1/datasets", json={"examples": [example_to_dict(e) for e in splits[1]]}).json()
+    assert dataset["options"] == sum(len(e.options) for e in splits[1]) == 16
+    with ServerThread(create_app(scorer, [KEY], LIMITS, ServerConfig(max_scores=31))) as server:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        for body in (_payload(splits, [{}, {}], with_scores=True), {"dataset": dataset["id"], "candidates": [{}, {}],
+                                                                     "with_scores": True}):  # fmt: skip
+            response = httpx.post(server.url + "/v1/score", json=body, headers=auth, timeout=60)
+            assert response.status_code == 422 and response.json()["field"] == "with_scores", response.text
+            assert httpx.post(server.url + "/v1/score", json={**body, "candidates": [{}]}, headers=auth,
+                              timeout=60).status_code == 200  # 16 scores  # fmt: skip
 
 
 @pytest.fixture

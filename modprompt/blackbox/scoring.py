@@ -110,10 +110,11 @@ class _Dataset:
     size: int
     labelled: int
     tokens: int
+    options: int  # over every example: the per-option scores one candidate gets
 
     def meta(self) -> dict:
         return {"id": self.id, "examples": self.size, "labelled": self.labelled, "tokens": self.tokens,
-                "chunks": len(self.chunks)}  # fmt: skip
+                "options": self.options, "chunks": len(self.chunks)}  # fmt: skip
 
 
 class Scorer:
@@ -247,7 +248,8 @@ class Scorer:
             batch = self.encoder.collate([encoded[i] for i in rows])
             chunks.append(_Chunk(rows, batch, int(batch["attention_mask"].sum())))
         labelled = sum(e.label is not None for e in examples)
-        dataset = _Dataset(dataset_id, chunks, len(examples), labelled, sum(c.tokens for c in chunks))
+        options = sum(len(e.options) for e in examples)
+        dataset = _Dataset(dataset_id, chunks, len(examples), labelled, sum(c.tokens for c in chunks), options)
         with self._table_lock:
             self._datasets[dataset_id] = dataset
             while len(self._datasets) > self.max_datasets:

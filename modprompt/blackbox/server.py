@@ -6,7 +6,7 @@ Endpoints (JSON; every one but ``/v1/health`` needs ``Authorization: Bearer <key
 * ``GET  /v1/info``: the model's shape (layers, K, n, r, intrinsic size, hidden size), the parameter
   bound, the request limits, the server's connection settings and the scorer's counters.
 * ``POST /v1/datasets`` ``{"examples": [{"query", "passage", "options", "label"}, ...]}``: register
-  option examples; answers ``{"id", "examples", "labelled", "tokens", "chunks"}``. The id is a hash of
+  option examples; answers ``{"id", "examples", "labelled", "tokens", "options", "chunks"}``. The id is a hash of
   the content, so uploading again is free.
 * ``GET  /v1/datasets/{id}``: the sizes of a registered set (404 if the server does not hold it).
 * ``POST /v1/score`` ``{"dataset": id | "examples": [...], "space", "base", "candidates", "with_scores"}``:
@@ -545,6 +545,12 @@ def create_app(
         upload = _validate(UploadIn, _json(body, content_type, budget))
         return examples_of(upload.examples)
 
+    def check_scores(candidates: int, options: int) -> None:
+        """The answer's size: with_scores sends a number per option of every example for every candidate."""
+        if candidates * options > config.max_scores:
+            raise ParameterError("with_scores", f"{candidates * options} option scores asked for; at most "
+                                 f"{config.max_scores} per request: send fewer candidates or examples")  # fmt: skip
+
     def parse_score(body: bytes, content_type: str | None) -> _ScoreWork:
         request = _validate(ScoreIn, _json(body, content_type, budget))
         if (request.dataset is None) == (request.examples is None):
@@ -556,11 +562,9 @@ def create_app(
         base = request.base.to_candidate() if request.base is not None else None
         space = Space(**request.space.model_dump())
         scorer.check_request(candidates, space, base)  # before queueing: a bad request waits for nothing
-        if request.with_scores and examples is not None:
-            scores = len(candidates) * sum(len(e.options) for e in examples)
-            if scores > config.max_scores:
-                raise ParameterError("with_scores", f"{scores} option scores asked for; at most {config.max_scores} "
-                                     "per request: send fewer candidates or examples")  # fmt: skip
+        if request.with_scores:
+            options = sum(len(e.options) for e in examples) if examples is not None else None
+            check_scores(len(candidates), options if options is not None else scorer.dataset(request.dataset)["options"])
         dataset_id = scorer.dataset_id(examples) if examples is not None else request.dataset
         return _ScoreWork(dataset_id, examples, [_packed(c) for c in candidates], space,
                           None if base is None else _packed(base), request.with_scores)  # fmt: skip
