@@ -33,7 +33,11 @@ class Progress:
 
     def dev(self, score: float) -> None:
         """The latest dev score."""
-        self._set(dev=score)
+        self.note(dev=score)
+
+    def note(self, **values: float | str) -> None:
+        """Show ``values`` (e.g. the loss of a logged window, tokens/s) beside the count."""
+        self._set(**values)
         self.bar.set_postfix(self.postfix)
 
     def _set(self, **values: float | str | None) -> None:
