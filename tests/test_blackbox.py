@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -15,7 +16,7 @@ from blackbox_helpers import MAX_LENGTH, examples, tiny_bank
 from modprompt.backbone import load_backbone
 from modprompt.blackbox.cache import LRUBytes, _Replay
 from modprompt.blackbox.objective import InProcessObjective, Objective
-from modprompt.blackbox.params import Candidate, CandidateResult, ModelInfo, ScoreReply, Space, routed_mix
+from modprompt.blackbox.params import Candidate, CandidateResult, Limits, ModelInfo, ScoreReply, Space, routed_mix
 from modprompt.blackbox.router_bo import RouterSearch
 from modprompt.blackbox.scoring import ParameterError, Scorer
 from modprompt.blackbox.state import load_state
@@ -387,6 +388,17 @@ def test_one_bar_counts_every_train_evaluation_with_the_loss_and_dev_score(split
     assert bar.startswith("mp2-bb: 100%") and "16/16" in bar and "loss=" in bar and "dev=" in bar  # 4 routers + 6 × 2
     tune(_Synthetic(modules, (0.5, 0.5)), "synthetic", train, dev, test, config, modules=modules)
     assert "mp2-bb" not in capsys.readouterr().err  # stderr is no terminal here: no bar
+
+
+def test_serve_has_a_flag_for_every_request_limit():
+    from modprompt.blackbox.cli import limits_arg
+    from modprompt.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--bank", "b", "--max-candidates", "3", "--timeout-s", "1.5"])
+    assert limits_arg(args) == Limits(max_candidates=3, timeout_s=1.5)
+    every = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(Limits)]
+    args = build_parser().parse_args(["serve", "--bank", "b"] + [x for flag in every for x in (flag, "7")])
+    assert limits_arg(args) == Limits(*[7] * len(every))
 
 
 def test_configs_saved_before_mp2_fidelity_read_as_they_ran(tmp_path):

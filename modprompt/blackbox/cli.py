@@ -26,6 +26,7 @@ from modprompt.arguments import (
     progress_arg,
 )
 from modprompt.blackbox.params import Limits
+from modprompt.config_flags import add_dataclass_flags, dataclass_flag_values, flag_fields
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ _TUNE_CHOICES = {
 
 
 def add_serve_parser(sub) -> None:
-    defaults = Limits()
     p = sub.add_parser(
         "serve",
         help="serve a frozen backbone and prompt bank over HTTP for black-box tuning",
@@ -78,11 +78,7 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--cache-mb", type=int, default=512, help="layer-cache bound in MiB (0: no cache)")
     p.add_argument("--projection-mb", type=int, default=512, help="bound on kept random projections in MiB")
     p.add_argument("--bound", type=float, default=5.0, help="largest accepted |value| of a router logit or vector")
-    p.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds one request may take")
-    p.add_argument("--max-candidates", type=int, default=defaults.max_candidates, help="candidates per request")
-    p.add_argument("--max-examples", type=int, default=defaults.max_examples, help="examples per upload or request")
-    p.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / 2**20, help="request body bound")
-    p.add_argument("--max-datasets", type=int, default=defaults.max_datasets, help="example sets kept in memory")
+    add_dataclass_flags(p.add_argument_group("what one request may carry"), Limits)
     p.add_argument("--threads", type=int, help="torch CPU threads for the model (default: torch's choice)")
     add_device_argument(p)
     p.set_defaults(func=run_serve)
@@ -92,20 +88,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from modprompt.blackbox.server import load_api_keys, serve
 
     _set_threads(args.threads)
-    limits = Limits(
-        max_body_bytes=int(args.max_body_mb * 2**20),
-        max_candidates=args.max_candidates,
-        max_examples=args.max_examples,
-        max_datasets=args.max_datasets,
-        timeout_s=args.timeout,
-    )
     serve(
         args.bank,
         args.backbone,
         host=args.host,
         port=args.port,
         api_keys=load_api_keys(args.api_key_file),
-        limits=limits,
+        limits=limits_arg(args),
         max_length=args.max_length,
         batch_size=args.batch_size,
         bound=args.bound,
@@ -114,6 +103,11 @@ def run_serve(args: argparse.Namespace) -> int:
         device=args.device,
     )
     return 0
+
+
+def limits_arg(args: argparse.Namespace) -> Limits:
+    """The request limits that ``serve``'s flags give (one flag per :class:`Limits` field; the rest default)."""
+    return Limits(**dataclass_flag_values(args, [f.name for f in flag_fields(Limits)]))
 
 
 def add_bbt_parser(sub) -> None:

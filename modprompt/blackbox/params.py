@@ -124,15 +124,19 @@ class ScoreReply:
 
 @dataclass
 class Limits:
-    """What one request may carry; a served model states its own in ``/v1/info``."""
+    """What one request may carry; a served model states its own in ``/v1/info``.
 
-    max_body_bytes: int = 16 * 2**20
-    max_candidates: int = 64
-    max_examples: int = 512  # per upload or inline request
-    max_text_chars: int = 20_000  # per query, passage or option
-    max_options: int = 256
-    max_datasets: int = 64  # kept on the server; the least recently used goes first
-    timeout_s: float = 300.0
+    Each field's help is that of its ``modprompt serve`` flag (``--max-body-bytes`` ...)."""
+
+    max_body_bytes: int = field(default=16 * 2**20, metadata={"help": "largest request body in bytes"})
+    max_candidates: int = field(default=64, metadata={"help": "candidates per request"})
+    max_examples: int = field(default=512, metadata={"help": "examples per upload or inline request"})
+    max_text_chars: int = field(default=20_000, metadata={"help": "characters per query, passage or option"})
+    max_options: int = field(default=256, metadata={"help": "options per example"})
+    max_datasets: int = field(
+        default=64, metadata={"help": "example sets kept on the server; the least recently used goes first"}
+    )
+    timeout_s: float = field(default=300.0, metadata={"help": "seconds one request may take"})
 
     def to_dict(self) -> dict:
         return asdict(self)
