@@ -30,9 +30,10 @@ from machine import describe_machine, machine_text
 
 from modprompt.adapt.run import subset
 from modprompt.arguments import add_device_argument, add_quiet_argument
-from modprompt.data.builtin import DOWNSTREAM_TASKS
 from modprompt.data.download import default_data_root
 from modprompt.data.fewshot import fewshot_splits
+from modprompt.data.mrc import Role
+from modprompt.data.task import all_tasks
 from modprompt.device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ def add_grid_arguments(
     p.add_argument("--bank", required=bank_required, help="the pre-trained bank folder")
     p.add_argument("--backbone", help="a local model folder or 'gemma-3-270m' (default: the bank's)")
     p.add_argument("--methods", nargs="+", default=list(methods))
-    p.add_argument("--tasks", nargs="+", default=list(DOWNSTREAM_TASKS))
+    p.add_argument("--tasks", nargs="+", default=[t.name for t in all_tasks(Role.DOWNSTREAM) if t.builtin])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--data", type=Path, default=None, help="data folder (default: $MODPROMPT_DATA or the cache)")
     p.add_argument("--results", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from spreadsheet import read_xlsx
 
-from modprompt.data.builtin.convert import NLI, option_converter
+from modprompt.data.convert import NLI, option_converter
 from modprompt.data.readers import (
     DataError,
     convert_records,

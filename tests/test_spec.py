@@ -49,6 +49,7 @@ def test_own_task_round_trip():
     assert task.kind is TaskKind.CLASSIFICATION and task.fewshot == "sampled" and task.num_options == 5
     assert task.label_words == ("退款", "物流", "改地址", "发票", "商品咨询")
     assert task.extras["spec"] == str(OWN_TASK) and set(task.splits) == {"train", "test"}
+    assert not task.builtin and get_task("eprstmt").builtin  # downstream, but not one of the built-in suite
     train = load_examples("kefu_intent", "train", ".")
     assert len(train) == 50 and len(load_examples("kefu_intent", "test", ".")) == 20
     first = train[0]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modprompt.data.builtin.convert import normalise
+from modprompt.data.convert import normalise
 from modprompt.data.mrc import MRCExample
 from modprompt.data.registry import load_examples
 from modprompt.data.task import get_task

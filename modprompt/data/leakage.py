@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from modprompt.data.builtin import DOWNSTREAM_TASKS
-from modprompt.data.mrc import MRCExample
-from modprompt.data.task import get_task
+from modprompt.data.mrc import MRCExample, Role
+from modprompt.data.task import all_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +86,8 @@ def downstream_index(data_root: str | Path) -> DownstreamIndex:
 def _index(data_root: Path) -> DownstreamIndex:
     examples = [
         example
-        for task in map(get_task, DOWNSTREAM_TASKS)
+        for task in all_tasks(Role.DOWNSTREAM)
+        if task.builtin
         for split in task.splits
         for example in task.load(split, data_root)
     ]

@@ -66,7 +66,7 @@ _collected: ContextVar[list[DataError] | None] = ContextVar("modprompt_skipped_r
 def collect_skips() -> Iterator[list[DataError]]:
     """Within the block, every record a lenient reader or converter skips is appended to the yielded list.
 
-    Loaders memoise what they read (``modprompt.data.builtin.convert.cached``): a split read before the
+    Loaders memoise what they read (``modprompt.data.convert.cached``): a split read before the
     block is not read again and adds nothing.
     """
     skipped: list[DataError] = []

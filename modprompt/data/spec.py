@@ -1,7 +1,7 @@
 """User-defined tasks: a JSON spec file describes a labelled data set; :func:`load_spec` registers it as a Task.
 
 A user task behaves like a built-in downstream task: role ``downstream``, few-shot splits sampled from its
-``train`` split (``modprompt.data.fewshot``), the same cleaning rules (``modprompt.data.builtin.convert``).
+``train`` split (``modprompt.data.fewshot``), the same cleaning rules (``modprompt.data.convert``).
 Its files are read where the spec says (relative paths are relative to the spec file); ``data_root`` is not
 used. Example, a classification task (see ``examples/own_task/``)::
 
@@ -72,7 +72,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from modprompt.data.builtin.convert import (
+from modprompt.data.convert import (
     Drop,
     LabelSet,
     cached,
@@ -194,7 +194,7 @@ def read_spec(path: str | Path) -> TaskSpec:
     name = string("name", required=True)
     if not _NAME.fullmatch(name):
         raise bad("name", f"should be a lowercase identifier (letters, digits, _), got {name!r}")
-    builtin = {t.name for t in all_tasks() if "spec" not in t.extras}
+    builtin = {t.name for t in all_tasks() if t.builtin}
     if name in builtin:
         raise bad("name", f"{name!r} is a built-in task")
     instruction = string("instruction", required=True)

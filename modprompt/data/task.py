@@ -43,6 +43,11 @@ class Task:
     extras: dict = field(default_factory=dict)
 
     @property
+    def builtin(self) -> bool:
+        """Whether it is one of the built-in suite's tasks (a user task records its spec in ``extras``)."""
+        return "spec" not in self.extras
+
+    @property
     def num_options(self) -> int | None:
         """Options per example: fixed for label-set tasks, ``None`` where it varies or is absent."""
         return len(self.label_words) or None

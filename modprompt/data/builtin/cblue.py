@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from modprompt.data.builtin.convert import (
+from modprompt.data.convert import (
     PARAPHRASE_QUERY,
     SAME_MEANING,
     LabelSet,

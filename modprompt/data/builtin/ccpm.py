@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modprompt.data.builtin.convert import cached, choice_index, load_files, options_field, source_of, text_field, tidy
+from modprompt.data.convert import cached, choice_index, load_files, options_field, source_of, text_field, tidy
 from modprompt.data.mrc import MRCExample, Role, TaskKind
 from modprompt.data.readers import read_jsonl
 from modprompt.data.task import Task, register

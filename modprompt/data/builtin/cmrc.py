@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modprompt.data.builtin.convert import cached, extractive_example, load_files, source_of, text_field, tidy
+from modprompt.data.convert import cached, extractive_example, load_files, source_of, text_field, tidy
 from modprompt.data.mrc import Role, TaskKind
 from modprompt.data.readers import DataError, read_squad
 from modprompt.data.task import Task, register

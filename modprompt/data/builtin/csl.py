@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modprompt.data.builtin.convert import LabelSet, cached, load_files, option_converter
+from modprompt.data.convert import LabelSet, cached, load_files, option_converter
 from modprompt.data.mrc import Role, TaskKind
 from modprompt.data.readers import read_delimited
 from modprompt.data.task import Task, register

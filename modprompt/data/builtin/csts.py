@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from modprompt.data.builtin.convert import (
+from modprompt.data.convert import (
     NLI,
     NLI_QUERY,
     PARAPHRASE_QUERY,

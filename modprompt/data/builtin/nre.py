@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modprompt.data.builtin.convert import LabelSet, cached, load_files, source_of, text_field, tidy
+from modprompt.data.convert import LabelSet, cached, load_files, source_of, text_field, tidy
 from modprompt.data.mrc import MRCExample, Role, TaskKind
 from modprompt.data.readers import DataError, read_blocks, read_delimited
 from modprompt.data.task import Task, register

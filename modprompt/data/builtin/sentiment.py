@@ -1,6 +1,6 @@
 """Sentiment and emotion tasks from SophonPlus/ChineseNlpCorpus and dbiir/UER-py.
 
-SophonPlus (CSV, no official split; split by :func:`~modprompt.data.builtin.convert.hashed_split`, 90/5/5):
+SophonPlus (CSV, no official split; split by :func:`~modprompt.data.convert.hashed_split`, 90/5/5):
 ``waimai`` (waimai_10k), ``chnsenticorp_htl`` (ChnSentiCorp_htl_all) and online_shopping_10_cats, read from
 inside its zip, as ten per-category sentiment tasks ``shopping_<category>`` plus the ten-way
 ``shopping_category`` (which product category a review is about). The per-category tasks and the category
@@ -18,7 +18,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from modprompt.data.builtin.convert import POLARITY, LabelSet, cached, hashed_splits, load_files, option_converter
+from modprompt.data.convert import POLARITY, LabelSet, cached, hashed_splits, load_files, option_converter
 from modprompt.data.mrc import MRCExample, Role, TaskKind
 from modprompt.data.readers import convert_records, read_delimited
 from modprompt.data.task import Task, register

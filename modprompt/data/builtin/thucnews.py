@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modprompt.data.builtin.convert import Drop, LabelSet, cached, clean, normalise, option_converter
+from modprompt.data.convert import Drop, LabelSet, cached, clean, normalise, option_converter
 from modprompt.data.mrc import MRCExample, Role, TaskKind
 from modprompt.data.readers import convert_records, read_delimited
 from modprompt.data.task import Task, register

@@ -1,4 +1,4 @@
-"""Conversion steps shared by every built-in task and by user tasks (``modprompt.data.spec``).
+"""Conversion steps shared by every built-in task (``modprompt.data.builtin``) and by user tasks (``modprompt.data.spec``).
 
 Raw record -> :class:`MRCExample` -> cleaning. Cleaning is not error handling: it removes records that are
 well-formed but unusable or redundant, counts them per reason and logs the counts (``logging.info``):
