@@ -50,13 +50,13 @@ from result_grid import RESULTS, ResultGrid, add_grid_arguments, run_grid, write
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.loop import dev_evaluations, run_budget, split_budget
 from modprompt.adapt.registry import METHODS
-from modprompt.adapt.run import adapt, fit_max_length, subset
+from modprompt.adapt.run import adapt, fit_max_length
 from modprompt.arguments import progress_arg
 from modprompt.backbone import Backbone, resolve_backbone
 from modprompt.baselines.adapt_methods import prefinetuned_identity
 from modprompt.checksum import file_sha256
 from modprompt.config_flags import add_dataclass_flags, dataclass_flag_values, flag_fields
-from modprompt.data.fewshot import fewshot_splits
+from modprompt.data.fewshot import fewshot_splits, subset
 from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.model import read_bank_config
 from modprompt.progress import Progress

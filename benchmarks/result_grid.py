@@ -28,10 +28,9 @@ from typing import Any
 
 from machine import describe_machine, machine_text
 
-from modprompt.adapt.run import subset
 from modprompt.arguments import add_device_argument, add_quiet_argument
 from modprompt.data.download import default_data_root
-from modprompt.data.fewshot import fewshot_splits
+from modprompt.data.fewshot import fewshot_splits, subset
 from modprompt.data.mrc import Role
 from modprompt.data.task import all_tasks
 from modprompt.device import resolve_device

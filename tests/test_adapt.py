@@ -21,10 +21,10 @@ from modprompt.adapt.loop import dev_evaluations, fit, run_stage, split_budget
 from modprompt.adapt.methods import WEIGHTS_NAME, create_method
 from modprompt.adapt.predict import builtin_record_spec, predict_file, record_spec
 from modprompt.adapt.registry import METHODS
-from modprompt.adapt.run import adapt, fit_max_length, load_adapted, read_adapted_config, subset
+from modprompt.adapt.run import adapt, fit_max_length, load_adapted, read_adapted_config
 from modprompt.backbone import load_backbone
 from modprompt.checksum import file_sha256
-from modprompt.data.fewshot import fewshot_splits
+from modprompt.data.fewshot import fewshot_splits, subset
 from modprompt.data.readers import DataError
 from modprompt.data.task import get_task
 from modprompt.evaluate import evaluate, main_metric

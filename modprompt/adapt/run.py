@@ -13,7 +13,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from modprompt.adapt.config import AdaptConfig
@@ -24,7 +23,7 @@ from modprompt.backbone import Backbone, check_backbone, resolve_backbone
 from modprompt.checksum import file_sha256
 from modprompt.config_utils import read_saved_config
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
-from modprompt.data.fewshot import fewshot_splits
+from modprompt.data.fewshot import fewshot_splits, subset
 from modprompt.data.mrc import MRCExample
 from modprompt.data.spec import load_spec
 from modprompt.data.task import Task, get_task
@@ -34,18 +33,6 @@ from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.model import read_bank_config
 
 logger = logging.getLogger(__name__)
-
-#: the fixed shuffle behind ``test_limit``/``dev_limit``: the same subset for every method and seed
-SUBSET_SEED = 0
-
-
-def subset(examples: list[MRCExample], limit: int | None) -> list[MRCExample]:
-    """The first ``limit`` examples of a fixed shuffle (all of them, in order, when ``limit`` is None)."""
-    if limit is None or limit >= len(examples):
-        return list(examples)
-    order = np.random.default_rng(SUBSET_SEED).permutation(len(examples))[:limit]
-    return [examples[i] for i in order]
-
 
 def fit_max_length(config: AdaptConfig, backbone: Backbone, examples: list[MRCExample]) -> AdaptConfig:
     """``config`` with ``max_length`` raised, if needed, to keep ``min_passage_tokens`` of passage beside the

@@ -570,11 +570,8 @@ def tune_task(objective: Objective, task: str, data_root: str | Path, config: Tu
               lenient: bool = False, progress: bool | None = None) -> dict:  # fmt: skip
     """``tune`` on a registered task's few-shot split of ``config.seed`` (as ``modprompt adapt`` splits it);
     ``lenient`` skips malformed records of the task's files instead of stopping; ``progress`` as for ``tune``."""
-    from modprompt.data.fewshot import fewshot_splits
+    from modprompt.data.fewshot import fewshot_splits, subset
 
     train, dev, test = fewshot_splits(task, config.seed, data_root, config.k_per_label, lenient=lenient)
-    if config.test_limit is not None or config.dev_limit is not None:
-        from modprompt.adapt.run import subset
-
-        dev, test = subset(dev, config.dev_limit), subset(test, config.test_limit)
+    dev, test = subset(dev, config.dev_limit), subset(test, config.test_limit)
     return tune(objective, task, train, dev, test, config, state_path, modules, progress)

@@ -1,4 +1,5 @@
-"""Few-shot train/dev/test splits for downstream tasks.
+"""Few-shot train/dev/test splits for downstream tasks, and the fixed subsets that ``dev_limit`` and ``test_limit``
+take of them (:func:`subset`: the same examples for every method and seed).
 
 * FewCLUE tasks (``Task.fewshot == "fewclue"``): seed ``s`` (0..4) reads the official ``train_s`` and ``dev_s``
   files; test is ``test_public``.
@@ -29,6 +30,18 @@ from modprompt.data.task import get_task
 logger = logging.getLogger(__name__)
 
 FEWCLUE_SEEDS = range(5)
+
+
+#: the fixed shuffle behind ``test_limit``/``dev_limit``: the same subset for every method and seed
+SUBSET_SEED = 0
+
+
+def subset(examples: list[MRCExample], limit: int | None) -> list[MRCExample]:
+    """The first ``limit`` examples of a fixed shuffle (all of them, in order, when ``limit`` is None)."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    order = np.random.default_rng(SUBSET_SEED).permutation(len(examples))[:limit]
+    return [examples[i] for i in order]
 
 
 def _texts(example: MRCExample) -> tuple[str, ...]:
