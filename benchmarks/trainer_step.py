@@ -36,10 +36,11 @@ from pathlib import Path
 import torch
 from machine import describe_machine, machine_text
 
-from modprompt.baselines.prefinetune import PrefinetuneConfig, PrefinetuneObjective, build_objective
 from modprompt.arguments import data_root_arg
-from modprompt.modular.pretrain import ModularPromptObjective, PretrainConfig, build_model, upstream_data
+from modprompt.baselines.prefinetune import PrefinetuneConfig, PrefinetuneObjective, build_objective
+from modprompt.modular.pretrain import ModularPromptObjective, PretrainConfig, build_model
 from modprompt.training.trainer import MultiTaskTrainer
+from modprompt.training.upstream import upstream_data
 
 RESULTS = Path(__file__).parent / "results"
 

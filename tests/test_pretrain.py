@@ -59,7 +59,7 @@ def test_pretrain_cli_trains_and_saves_a_loadable_bank(tmp_path, tiny_decoder, d
 
 
 def test_pretrain_rejects_downstream_tasks(tmp_path, tiny_decoder, data_root):
-    from modprompt.modular.pretrain import upstream_data
+    from modprompt.training.upstream import upstream_data
 
     with pytest.raises(ValueError, match="eprstmt.*downstream"):
         upstream_data(["eprstmt"], data_root, 4)

@@ -32,8 +32,8 @@ from modprompt.config_utils import read_saved_config
 from modprompt.data.encoding import IGNORE_INDEX, EncodingConfig, MRCEncoder
 from modprompt.device import resolve_device
 from modprompt.head import SpanHead, span_loss
-from modprompt.modular.pretrain import UpstreamRunConfig, start_run
 from modprompt.training.trainer import MultiTaskObjective, MultiTaskTrainer, TrainConfig
+from modprompt.training.upstream import UpstreamRunConfig, start_run
 
 logger = logging.getLogger(__name__)
 
