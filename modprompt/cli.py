@@ -1,90 +1,16 @@
-"""The ``modprompt`` command. Each subcommand parses its arguments and calls the library; results are JSON."""
+"""The ``modprompt`` command (also ``python -m modprompt``). Each subcommand parses its arguments and calls the
+library; results are JSON. The helpers subcommands share are in :mod:`modprompt.arguments`."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
+from modprompt.arguments import add_data_argument, add_run_arguments, data_root_arg, print_json, print_run_summary
+
 logger = logging.getLogger("modprompt")
-
-
-def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def add_data_argument(p: argparse.ArgumentParser) -> None:
-    """``--data``, the data folder; :func:`data_root_arg` resolves it."""
-    p.add_argument("--data", help="data folder (default: $MODPROMPT_DATA or the `modprompt data` cache)")
-
-
-def add_device_argument(p: argparse.ArgumentParser, when: str = "") -> None:
-    """``--device`` (``when`` starts its help, e.g. "with --bank: "); :func:`modprompt.device.resolve_device`
-    resolves it."""
-    p.add_argument(
-        "--device",
-        default="auto",
-        help=when + "where the model runs: auto (default: a CUDA GPU if torch sees one, else the CPU), cpu, "
-        "cuda, cuda:1",
-    )
-
-
-def add_lenient_argument(p: argparse.ArgumentParser) -> None:
-    """``--lenient``: skip malformed records of the task's files (counted, logged, and in the result)."""
-    p.add_argument(
-        "--lenient",
-        action="store_true",
-        help="skip malformed records instead of stopping at the first one; how many and why are logged and "
-        "reported (a spec's \"lenient\": true does the same)",
-    )
-
-
-#: flags of a config field each: name -> (type, help); ``None`` help for a self-explanatory one
-ConfigFlags = dict[str, tuple[type, str | None]]
-
-#: the few-shot split and evaluation budget, set alike for ``adapt`` and ``bbt`` (fields of both configs)
-SPLIT_FLAGS: ConfigFlags = {
-    "k_per_label": (int, "examples per label for train and for dev, for tasks without official few-shot files"),
-    "test_limit": (int, "score only this many test examples (a fixed subset, the same for every method)"),
-    "dev_limit": (int, "select on only this many dev examples (a fixed subset)"),
-}
-
-
-def add_config_flags(p: argparse.ArgumentParser, flags: ConfigFlags, defaults: object | None = None) -> None:
-    """``--field-name`` for each config field in ``flags``; with a ``defaults`` config, helps show its values."""
-    for name, (kind, text) in flags.items():
-        note = None
-        if defaults is not None and not (text and "default" in text):
-            value = getattr(defaults, name)
-            note = f"default {value}" if value is not None else "default: none"
-        p.add_argument("--" + name.replace("_", "-"), type=kind, help="; ".join(filter(None, (text, note))))
-
-
-def config_flags(args: argparse.Namespace, flags: ConfigFlags) -> dict:
-    """The config fields given on the command line (flags left out keep the config's defaults)."""
-    return {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
-
-
-def data_root_arg(value: str | None) -> Path:
-    from modprompt.data.download import default_data_root
-
-    return Path(value) if value else default_data_root()
-
-
-def add_run_arguments(p: argparse.ArgumentParser, config_help: str, run_dir_help: str) -> None:
-    """The arguments of a resumable multi-task run on the upstream tasks (``pretrain``, ``prefinetune``)."""
-    p.add_argument("--config", required=True, help=config_help)
-    p.add_argument("--run-dir", required=True, help=run_dir_help)
-    add_data_argument(p)
-    p.add_argument("--until", type=int, help="stop at this step with a checkpoint; run again to continue")
-    add_device_argument(p)
-
-
-def print_run_summary(summary: dict) -> None:
-    """A multi-task run's summary without its per-step history and evaluations."""
-    print_json({k: v for k, v in summary.items() if k not in ("history", "evaluations")})
 
 
 # -- modprompt tasks -----------------------------------------------------------------------------
