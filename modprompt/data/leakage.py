@@ -43,10 +43,24 @@ MIN_SHARED_CHARS = 10
 _DROPPED_CATEGORIES = ("P", "S", "Z", "C")
 
 
+class _DroppedCharacters(dict):
+    """A ``str.translate`` table that drops the characters of :data:`_DROPPED_CATEGORIES`, filled on first sight.
+
+    ``modprompt tasks`` and pre-training compute a million keys; one translate per text, with each code point's
+    category looked up once, costs a third less than asking for every character's category."""
+
+    def __missing__(self, code: int) -> int | None:
+        kept = None if unicodedata.category(chr(code)).startswith(_DROPPED_CATEGORIES) else code
+        self[code] = kept
+        return kept
+
+
+_DROPPED = _DroppedCharacters()
+
+
 def leak_key(text: str) -> str:
     """The form in which texts are compared for leakage (see the module docstring)."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(ch for ch in folded if not unicodedata.category(ch).startswith(_DROPPED_CATEGORIES))
+    return unicodedata.normalize("NFKC", text).casefold().translate(_DROPPED)
 
 
 @dataclass(frozen=True)
