@@ -94,6 +94,7 @@ def add_run_arguments(p: argparse.ArgumentParser, config_help: str, run_dir_help
     add_data_argument(p)
     p.add_argument("--until", type=int, help="stop at this step with a checkpoint; run again to continue")
     add_device_argument(p)
+    add_quiet_argument(p)
 
 
 def print_run_summary(summary: dict) -> None:

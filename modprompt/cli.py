@@ -8,7 +8,14 @@ import logging
 import sys
 from pathlib import Path
 
-from modprompt.arguments import add_data_argument, add_run_arguments, data_root_arg, print_json, print_run_summary
+from modprompt.arguments import (
+    add_data_argument,
+    add_run_arguments,
+    data_root_arg,
+    print_json,
+    print_run_summary,
+    progress_arg,
+)
 
 logger = logging.getLogger("modprompt")
 
@@ -196,7 +203,8 @@ def _run_pretrain(args) -> int:
     from modprompt.modular.pretrain import PretrainConfig, pretrain
 
     config = PretrainConfig.from_json(args.config)
-    summary = pretrain(config, args.run_dir, data_root_arg(args.data), until=args.until, device=args.device)
+    summary = pretrain(config, args.run_dir, data_root_arg(args.data), until=args.until, device=args.device,
+                       progress=progress_arg(args))
     print_run_summary(summary)
     return 0
 

@@ -140,3 +140,13 @@ def test_training_moves_only_trainable_parameters(tiny_encoder, tmp_path):
     trainer.run()
     assert all(torch.equal(frozen[k], v) for k, v in model.backbone.state_dict().items())
     assert all(not torch.equal(before[k], v) for k, v in _params(model).items())
+
+
+def test_one_bar_shows_the_steps_loss_tokens_per_second_and_held_out_score(tiny_decoder, tmp_path, capsys):
+    trainer, _ = _trainer(tiny_decoder, tmp_path / "run", eval_every=3)
+    trainer.run(progress=True)
+    bar = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()][-1]
+    assert bar.startswith("train: 100%") and "6/6" in bar and all(f"{k}=" in bar for k in ("loss", "tok_s", "dev"))
+    again, _ = _trainer(tiny_decoder, tmp_path / "quiet")
+    again.run()
+    assert "train:" not in capsys.readouterr().err  # stderr is no terminal here: no bar

@@ -180,11 +180,13 @@ def prefinetune(
     data_root: Path,
     until: int | None = None,
     device: torch.device | str = "cpu",
+    progress: bool | None = None,
 ) -> dict:
     """Pre-finetune (or resume) in ``run_dir`` on ``device``, stopping at step ``until`` if given.
 
     The model is saved to ``run_dir/model`` once the run has finished. The summary adds the number
-    of trained parameters to the trainer's budget figures (steps, examples, tokens, seconds).
+    of trained parameters to the trainer's budget figures (steps, examples, tokens, seconds). ``progress``: a
+    bar over the steps (None: only when stderr is a terminal).
     """
     device = resolve_device(device)
     run_dir, tasks, train, held_out = start_run(config, run_dir, data_root)
@@ -193,7 +195,7 @@ def prefinetune(
     trainer = MultiTaskTrainer(objective, config.train, train, held_out, run_dir)
     trainable = sum(p.numel() for p in trainer.params.values())
     logger.info("pre-finetuning %d parameters of %s on %d upstream tasks", trainable, config.backbone, len(tasks))
-    summary = trainer.run(until)
+    summary = trainer.run(until, progress)
     summary["trainable_parameters"] = trainable
     if trainer.rank == 0 and summary["finished"]:
         save_prefinetuned(model, run_dir / MODEL_DIR, config.backbone)

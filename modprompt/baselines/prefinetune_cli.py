@@ -5,7 +5,7 @@ Kept apart from the training code so that building the ``modprompt`` parser impo
 
 from __future__ import annotations
 
-from modprompt.arguments import add_run_arguments, data_root_arg, print_run_summary
+from modprompt.arguments import add_run_arguments, data_root_arg, print_run_summary, progress_arg
 
 
 def add_parser(sub) -> None:
@@ -22,6 +22,7 @@ def run(args) -> int:
     from modprompt.baselines.prefinetune import PrefinetuneConfig, prefinetune
 
     config = PrefinetuneConfig.from_json(args.config)
-    summary = prefinetune(config, args.run_dir, data_root_arg(args.data), until=args.until, device=args.device)
+    summary = prefinetune(config, args.run_dir, data_root_arg(args.data), until=args.until, device=args.device,
+                          progress=progress_arg(args))
     print_run_summary(summary)
     return 0

@@ -141,10 +141,12 @@ def pretrain(
     data_root: Path,
     until: int | None = None,
     device: torch.device | str = "cpu",
+    progress: bool | None = None,
 ) -> dict:
     """Train (or resume) a bank in ``run_dir`` on ``device``, stopping at step ``until`` if given.
 
-    The bank is saved to ``run_dir/bank`` whenever a call ends, finished or not.
+    The bank is saved to ``run_dir/bank`` whenever a call ends, finished or not. ``progress``: a bar over the
+    steps (None: only when stderr is a terminal).
     """
     device = resolve_device(device)
     run_dir, tasks, train, held_out = start_run(config, run_dir, data_root)
@@ -164,7 +166,7 @@ def pretrain(
         model, encoder, config.lr_router, config.lr_prompt, config.train.steps, config.route_entropy_weight
     )
     trainer = MultiTaskTrainer(objective, config.train, train, held_out, run_dir)
-    summary = trainer.run(until) | {"unreachable_dropped": {k: v for k, v in unreachable.items() if v}}
+    summary = trainer.run(until, progress) | {"unreachable_dropped": {k: v for k, v in unreachable.items() if v}}
     if trainer.rank == 0:
         keys = ("finished", "steps", "examples_seen", "tokens_seen", "train_seconds", "mean_held_out", "unreachable_dropped")
         model.save_pretrained(run_dir / "bank", training={k: summary[k] for k in keys} | {"config": config.to_dict()})

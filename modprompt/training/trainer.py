@@ -26,11 +26,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from modprompt.data.encoding import MRCEncoder
 from modprompt.data.mrc import MRCExample
 from modprompt.evaluate import evaluate, main_metric
+from modprompt.progress import Progress
 from modprompt.training.sampler import TaskSampler
 
 logger = logging.getLogger(__name__)
@@ -295,18 +295,35 @@ class MultiTaskTrainer:
                     _mean_main_metric(results), len(results), time.perf_counter() - started)  # fmt: skip
         return results
 
-    def run(self, until: int | None = None) -> dict:
+    def run(self, until: int | None = None, progress: bool | None = None) -> dict:
         """Train to ``config.steps`` (resuming if a checkpoint exists) and return a summary.
 
         ``until`` stops this call earlier, at that step, with a checkpoint: a long run can be done in
         pieces (for example one per working session) and ends exactly as an uninterrupted one.
+        ``progress``: a bar over the steps on rank 0 (None: only when stderr is a terminal).
         """
         c = self.config
         self.load_checkpoint()
         stop = c.steps if until is None else min(until, c.steps)
         if c.eval_at_start and self.held_out and not self.evaluations:
             self.evaluate_held_out()
-        bar = tqdm(total=c.steps, initial=self.step, desc="train", disable=self.rank != 0 or None, dynamic_ncols=True)
+        shown = progress if self.rank == 0 else False  # one bar, on rank 0
+        with Progress(c.steps, "train", "step", shown, initial=self.step).shown() as bar:
+            self._train_until(stop, bar)
+        self.rank_difference = self._rank_difference()
+        if self.step < c.steps:
+            return self.summary()
+        if self.held_out and (not self.evaluations or self.evaluations[-1]["step"] != self.step):
+            self.evaluate_held_out()
+            self.save_checkpoint()
+        summary = self.summary()
+        if self.rank == 0 and self.run_dir:
+            (self.run_dir / "history.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        return summary
+
+    def _train_until(self, stop: int, bar: Progress) -> None:
+        """Steps up to ``stop``, with their log lines, held-out evaluations and checkpoints, counted on ``bar``."""
+        c = self.config
         while self.step < stop:
             started = time.perf_counter()
             tokens_before = self.tokens_seen
@@ -317,7 +334,6 @@ class MultiTaskTrainer:
             self.window["loss"] += loss
             self.window["tokens"] += self.tokens_seen - tokens_before
             self.window["steps"] += 1
-            bar.update(1)
             if self.step % c.log_every == 0 or self.step == c.steps:
                 record = {
                     "step": self.step,
@@ -329,24 +345,14 @@ class MultiTaskTrainer:
                     "train_seconds": self.train_seconds,
                 }
                 self.history.append(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 logger.info("step %d loss %.4f %.0f tokens/s", self.step, record["loss"], record["tokens_per_s"])
                 self.window = {"loss": 0.0, "tokens": 0, "steps": 0, "seconds": 0.0}
+                bar.note(loss=record["loss"], tok_s=f"{record['tokens_per_s']:.0f}")
             if c.eval_every and self.step % c.eval_every == 0 and self.step < c.steps and self.held_out:
-                self.evaluate_held_out()
+                bar.dev(_mean_main_metric(self.evaluate_held_out()))
             if self.step % c.checkpoint_every == 0 or self.step == stop:
                 self.save_checkpoint()
-        bar.close()
-        self.rank_difference = self._rank_difference()
-        if self.step < c.steps:
-            return self.summary()
-        if self.held_out and (not self.evaluations or self.evaluations[-1]["step"] != self.step):
-            self.evaluate_held_out()
-            self.save_checkpoint()
-        summary = self.summary()
-        if self.rank == 0 and self.run_dir:
-            (self.run_dir / "history.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        return summary
+            bar.step()
 
     def _rank_difference(self) -> float:
         """Largest difference of any trainable number between ranks (0.0 when they agree, as they must)."""
