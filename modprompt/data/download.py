@@ -28,6 +28,8 @@ from urllib.parse import quote
 import httpx
 from tqdm import tqdm
 
+from modprompt.checksum import file_sha256
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
@@ -147,21 +149,13 @@ def _select(manifest: dict, only: list[str] | None) -> list[dict]:
     return [e for e in files if any(e["local"] == o or e["local"].startswith(o + "/") for o in wanted)]
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _problem(entry: dict, target: Path) -> str | None:
     """Why ``target`` is not the manifest's file, or None if it is."""
     if not target.is_file():
         return "missing"
     if target.stat().st_size != entry["bytes"]:
         return f"size {target.stat().st_size} bytes, expected {entry['bytes']}"
-    actual = _sha256_file(target)
+    actual = file_sha256(target)
     if actual != entry["sha256"]:
         return f"sha256 {actual}, expected {entry['sha256']}"
     return None

@@ -1,9 +1,9 @@
 """Readers for the raw task files: JSON lines, whole JSON, SQuAD-style QA, CSV/TSV, blank-line separated
-records, zip members, xlsx, Parquet and folders written by 🤗 ``datasets``' ``save_to_disk``.
+records, zip members, Parquet and folders written by 🤗 ``datasets``' ``save_to_disk``.
 
 Every reader yields ``(where, record)`` pairs, ``where`` being the 1-based line number of the record (the
 record's first line for multi-line records) or, for whole-JSON lists, SQuAD questions, Parquet and
-``datasets`` rows, the 0-based record index, and for spreadsheets the 1-based row. Parquet and ``datasets``
+``datasets`` rows, the 0-based record index. Parquet and ``datasets``
 need the ``formats`` extra (``pip install 'modprompt[formats]'``); they are imported only when such a file
 is read. Anything wrong with a record raises :class:`DataError`, which names the file, the line
 (or record) and what is wrong; converters raise it too, e.g. for an unknown label.
@@ -358,24 +358,6 @@ def read_blocks(path: str | Path, *, lenient: bool = False) -> Iterator[tuple[in
             block = []
     if block:
         yield start, block
-
-
-def read_xlsx(path: str | Path, *, sheet: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Spreadsheet rows as dicts keyed by the first row; ``where`` is the 1-based row number."""
-    import openpyxl  # only CHIP-CTC's category table is a spreadsheet
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    try:
-        rows = (book[sheet] if sheet else book.worksheets[0]).iter_rows(values_only=True)
-        names = [str(v).strip() if v is not None else "" for v in next(rows, ())]
-        for number, values in enumerate(rows, start=2):
-            if any(v is not None for v in values):
-                yield number, dict(zip(names, values, strict=False))
-    finally:
-        book.close()
 
 
 def convert_records(
