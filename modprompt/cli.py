@@ -106,7 +106,7 @@ def _run_check(args) -> int:
             line = (f"  tokens: median {tokens['median']:g}, p95 {tokens['p95']:g}, max {tokens['max']}; "
                     f"{tokens['passages_cut']} of {part['kept']} passages cut")  # fmt: skip
             if "answers_cut" in tokens:
-                line += f", {tokens['answers_cut']} answers cut off"
+                line += f", {tokens['answers_cut']} answers cut off ({tokens['answers_in_no_window']} in no window)"
             print(line)
         for example in part["shown"]:
             passage = example["passage"].replace("\n", "\\n")  # one line per field

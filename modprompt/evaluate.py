@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from modprompt.data.encoding import EncodedExample, MRCEncoder, span_to_text
 from modprompt.data.mrc import MRCExample
-from modprompt.head import best_spans, option_scores
+from modprompt.head import option_scores, scored_spans
 from modprompt.metrics import accuracy, exact_match_f1
 
 #: ``forward(batch, tasks) -> (start_logits, end_logits)`` for a collated batch and its examples' tasks.
@@ -27,6 +27,7 @@ class Prediction:
     text: str  # the predicted option or span text
     option: int | None = None  # the predicted option index (option tasks)
     scores: list[float] | None = None  # per-option log-scores (option tasks)
+    span: tuple[int, int] | None = None  # the predicted span's [start, end) in characters of the passage (extractive)
 
 
 def _batches(items: Sequence, size: int):
@@ -36,27 +37,42 @@ def _batches(items: Sequence, size: int):
 
 @torch.no_grad()
 def predict(forward: Forward, encoder: MRCEncoder, examples: Sequence[MRCExample], batch_size: int = 16) -> list[Prediction]:
-    """Predict every example: the best option, or the best passage span mapped back to text."""
-    encoded = encoder.encode_all(examples)
+    """Predict every example: the best option, or the best passage span mapped back to text.
+
+    With the encoder's windows on, a long passage is scored window by window and its prediction is the best
+    span of all its windows: span scores are log-probabilities normalised within each window, compared across
+    windows as transformers' question-answering pipeline compares its per-window probabilities; a tie goes to
+    the earlier window.
+    """
+    windows = encoder.encode_windows(examples)
+    encoded = [(index, w) for index, ws in enumerate(windows) for w in ws]
     # Sorting by length keeps padding (wasted compute) small; results are put back in input order.
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][1].input_ids))
     by_index: dict[int, Prediction] = {}
+    best_span: dict[int, tuple[float, int]] = {}  # example -> (score, -window) of its best span so far
     chunks = list(_batches(order, batch_size))
     for chunk in tqdm(chunks, desc="predict", leave=False, disable=None if len(chunks) > 4 else True):
-        items: list[EncodedExample] = [encoded[i] for i in chunk]
+        items: list[EncodedExample] = [encoded[i][1] for i in chunk]
         batch = encoder.collate(items)
         start, end = forward(batch, [e.example.task for e in items])
         if any(e.option_spans for e in items):
             scores = option_scores(start, end, batch)
-        spans = best_spans(start, end, batch) if any(not e.option_spans for e in items) else None
-        for row, (index, item) in enumerate(zip(chunk, items)):
+        spans = scored_spans(start, end, batch) if any(not e.option_spans for e in items) else None
+        for row, item in enumerate(items):
+            index = encoded[chunk[row]][0]
             if item.option_spans:
                 row_scores = scores[row, : len(item.option_spans)]
                 best = int(row_scores.argmax())
                 by_index[index] = Prediction(item.example, item.example.options[best], best, row_scores.tolist())
             else:
-                by_index[index] = Prediction(item.example, span_to_text(item, *spans[row]))
-    return [by_index[i] for i in range(len(encoded))]
+                first, last, value = spans[row]
+                key = (value, -item.window)
+                if index not in best_span or key > best_span[index]:
+                    best_span[index] = key
+                    offsets, p_start = item.passage_offsets, item.passage_span[0]
+                    span = (offsets[first - p_start][0], offsets[last - p_start][1])
+                    by_index[index] = Prediction(item.example, span_to_text(item, first, last), span=span)
+    return [by_index[i] for i in range(len(windows))]
 
 
 def score(predictions: Sequence[Prediction]) -> dict[str, float]:

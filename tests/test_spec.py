@@ -534,6 +534,7 @@ def test_check_reports_every_split(tmp_path, char_tok):
     tokens = train["tokens"]
     assert tokens["max"] == 16 + 1 + len("答案在哪里？") + 1 + len(LONG) + 1
     assert (tokens["passages_cut"], tokens["answers_cut"], tokens["answers_inexact"]) == (1, 1, 0)
+    assert tokens["answers_in_no_window"] == 0  # adapt's windows reach the answer the cut loses
     assert report["splits"]["test"]["kept"] == 2 and report["splits"]["test"]["tokens"]["passages_cut"] == 0
 
 

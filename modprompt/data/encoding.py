@@ -9,6 +9,17 @@ prompt vectors go. ``sep`` is the tokenizer's sep token, else the token(s) of ``
 sep, else eos, else nothing. Query and passage come before the options so a causal model's option
 tokens see both. Every segment is tokenized on its own, so option spans are exact by construction and
 passage offsets refer to the passage alone. Only the passage is ever truncated (its end is cut).
+
+**Windows** (``EncodingConfig.windows``, off by default): an extractive passage that does not fit is read in
+overlapping windows instead of being cut, each laid out as above with its part of the passage, neighbours
+sharing ``doc_stride`` tokens, as transformers' question-answering pipeline splits a long context
+(``pipelines/question_answering.py`` of transformers 4.x: its tokenizer call with ``stride=doc_stride`` and
+``return_overflowing_tokens``); the overlap here is at most half a window, so every window moves on by at
+least half (the pipeline's default ``doc_stride`` is ``min(max_seq_len // 2, 128)``).
+:meth:`MRCEncoder.encode_windows` gives every window of every example; :meth:`MRCEncoder.encode_all` one
+encoding per example (the first window holding its answer). Option tasks are never windowed: their passage is
+cut as before. Off, every example has one window, exactly the cut encoding, which is what pre-training has
+always trained on.
 """
 
 from __future__ import annotations
@@ -29,8 +40,16 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class EncodingConfig:
+    """Layout settings; ``windows`` and ``doc_stride`` only change extractive passages longer than a window."""
+
     max_length: int = 256
     num_prompt_tokens: int = 0  # placeholders right after the first token
+    windows: bool = False  # a long extractive passage in overlapping windows rather than cut at its end
+    doc_stride: int = 128  # tokens shared by neighbouring windows (at most half a window)
+
+    def __post_init__(self) -> None:
+        if self.doc_stride < 0:
+            raise ValueError(f"doc_stride must be at least 0, got {self.doc_stride}")
 
 
 @dataclass
@@ -39,7 +58,8 @@ class EncodedExample:
 
     Token spans are absolute positions in ``input_ids``; ``option_spans`` and ``answer_span`` are
     inclusive ``(first, last)``, ``passage_span`` is ``[start, end)``. ``passage_offsets`` holds the
-    character offsets, within the passage, of each kept passage token.
+    character offsets, within the passage, of each kept passage token. With windows, this is window
+    ``window`` of ``num_windows``: the passage tokens it keeps, ``answer_lost`` when its answer is not among them.
     """
 
     input_ids: list[int]
@@ -51,6 +71,8 @@ class EncodedExample:
     answer_lost: bool  # a gold extractive span no kept passage token covers; answer_span is then None
     answer_exact: bool  # answer_span's characters are exactly the gold answer
     example: MRCExample
+    window: int = 0
+    num_windows: int = 1
 
 
 def span_to_text(encoded: EncodedExample, start: int, end: int) -> str:
@@ -114,13 +136,26 @@ class MRCEncoder:
             for text, ids, offs in zip(unique, out["input_ids"], out["offset_mapping"])
         }
 
-    def _encode_batch(self, examples: Sequence[MRCExample]) -> list[EncodedExample]:
+    def _encode_batch(self, examples: Sequence[MRCExample]) -> list[list[EncodedExample]]:
         tokens = self._tokenize(
             [ex.query for ex in examples] + [ex.passage for ex in examples] + [o for ex in examples for o in ex.options]
         )
         return [self._encode_one(ex, tokens) for ex in examples]
 
-    def _encode_one(self, ex: MRCExample, tokens: dict[str, tuple[list[int], list[tuple[int, int]]]]) -> EncodedExample:
+    def _window_starts(self, passage_tokens: int, room: int) -> list[int]:
+        """First passage token of each window of ``room`` tokens; the last window ends at the passage's end."""
+        if passage_tokens <= room or room < 2:
+            return [0]
+        step = room - min(self.config.doc_stride, room // 2)
+        starts = [0]
+        while starts[-1] + room < passage_tokens:
+            starts.append(starts[-1] + step)
+        return starts
+
+    def _encode_one(
+        self, ex: MRCExample, tokens: dict[str, tuple[list[int], list[tuple[int, int]]]]
+    ) -> list[EncodedExample]:
+        """Every window of one example: one, unless windows are on and an extractive passage does not fit."""
         query_ids = tokens[ex.query][0]
         passage_ids, passage_offsets = tokens[ex.passage]
         option_ids = [tokens[o][0] for o in ex.options]
@@ -135,11 +170,35 @@ class MRCEncoder:
                 f"({sum(map(len, option_ids))} tokens) and special tokens take {fixed} tokens, "
                 f"more than max_length {max_length}"
             )
-        kept = min(len(passage_ids), max_length - fixed)
+        room = max_length - fixed
+        windowed = self.config.windows and not ex.options
+        starts = self._window_starts(len(passage_ids), room) if windowed else [0]
+        # Cover the gold span within the whole passage first, so an answer a cut or a window's edge only partly
+        # removes is reported lost rather than shortened.
+        covering = _covering_tokens(passage_offsets, ex.span) if ex.span is not None else None
+        return [
+            self._encode_window(ex, query_ids, passage_ids, passage_offsets, option_ids, covering, first,
+                                min(len(passage_ids) - first, room), i, len(starts))  # fmt: skip
+            for i, first in enumerate(starts)
+        ]
 
+    def _encode_window(
+        self,
+        ex: MRCExample,
+        query_ids: list[int],
+        passage_ids: list[int],
+        passage_offsets: list[tuple[int, int]],
+        option_ids: list[list[int]],
+        covering: tuple[int, int] | None,
+        first: int,
+        kept: int,
+        window: int,
+        num_windows: int,
+    ) -> EncodedExample:
+        """The example with passage tokens ``first`` to ``first + kept`` (window ``window`` of ``num_windows``)."""
         input_ids = self.prefix + query_ids + self.sep
         passage_span = (len(input_ids), len(input_ids) + kept)
-        input_ids = input_ids + passage_ids[:kept]
+        input_ids = input_ids + passage_ids[first : first + kept]
         option_spans = []
         for ids in option_ids:
             input_ids = input_ids + self.sep
@@ -151,26 +210,25 @@ class MRCEncoder:
         if ex.label is not None:
             answer_span, answer_exact = option_spans[ex.label], True
         elif ex.span is not None:
-            # Cover the gold span within the whole passage first, so an answer the cut only partly
-            # removes is reported lost rather than shortened.
-            covering = _covering_tokens(passage_offsets, ex.span)
-            if covering is None or covering[1] >= kept:
+            if covering is None or covering[0] < first or covering[1] >= first + kept:
                 answer_lost = True
             else:
-                first, last = covering
-                answer_span = (passage_span[0] + first, passage_span[0] + last)
-                text = ex.passage[passage_offsets[first][0] : passage_offsets[last][1]]
+                start, last = covering
+                answer_span = (passage_span[0] + start - first, passage_span[0] + last - first)
+                text = ex.passage[passage_offsets[start][0] : passage_offsets[last][1]]
                 answer_exact = text == ex.answer_text
         return EncodedExample(
             input_ids=input_ids,
             option_spans=option_spans,
             answer_span=answer_span,
             passage_span=passage_span,
-            passage_offsets=passage_offsets[:kept],
+            passage_offsets=passage_offsets[first : first + kept],
             truncated=kept < len(passage_ids),
             answer_lost=answer_lost,
             answer_exact=answer_exact,
             example=ex,
+            window=window,
+            num_windows=num_windows,
         )
 
     def _fixed(self, query_ids: list[int], option_ids: list[list[int]]) -> int:
@@ -195,23 +253,48 @@ class MRCEncoder:
         )
 
     def encode(self, example: MRCExample) -> EncodedExample:
-        """Encode one example (see the module docstring for the layout)."""
-        return self._encode_batch([example])[0]
+        """Encode one example (see the module docstring for the layout): :meth:`encode_all` of it alone."""
+        return self.encode_all([example], report=False)[0]
 
     def encode_all(
         self, examples: Sequence[MRCExample], chunk_size: int = 1024, report: bool = True
     ) -> list[EncodedExample]:
-        """Encode many examples, warning how many were truncated, lost their answer or have an inexact span.
+        """Encode many examples, one encoding each, warning how many were truncated, lost their answer or have
+        an inexact span.
 
-        ``report=False`` keeps quiet: a training loop encodes every batch anew and would repeat it.
+        With windows, an example's encoding is its first window holding the answer (else its first window), so
+        ``answer_lost`` means that no window holds it. ``report=False`` keeps quiet: a training loop encodes
+        every batch anew and would repeat it.
         """
-        encoded: list[EncodedExample] = []
+        return [representative(w) for w in self.encode_windows(examples, chunk_size, report)]
+
+    def encode_windows(
+        self, examples: Sequence[MRCExample], chunk_size: int = 1024, report: bool = True
+    ) -> list[list[EncodedExample]]:
+        """Every window of each example, in passage order (one window each with windows off, or when it fits);
+        warns as :meth:`encode_all` does."""
+        windows: list[list[EncodedExample]] = []
         for i in range(0, len(examples), chunk_size):
-            encoded.extend(self._encode_batch(examples[i : i + chunk_size]))
+            windows.extend(self._encode_batch(examples[i : i + chunk_size]))
+        if report:
+            self._report(windows)
+        return windows
+
+    def _report(self, windows: Sequence[Sequence[EncodedExample]]) -> None:
+        """Warn how many passages were cut (or split), answers lost and answer spans inexact."""
+        encoded = [representative(w) for w in windows]
         truncated = sum(e.truncated for e in encoded)
         lost = sum(e.answer_lost for e in encoded)
         inexact = sum(e.answer_span is not None and not e.answer_exact for e in encoded)
-        if report and (truncated or lost or inexact):
+        if not (truncated or lost or inexact):
+            return
+        if self.config.windows:
+            logger.warning(
+                "encoded %d examples in %d windows (max_length %d): %d passages split, %d answers in no window, "
+                "%d answer spans inexact",
+                len(encoded), sum(map(len, windows)), self.config.max_length, truncated, lost, inexact,
+            )  # fmt: skip
+        else:
             logger.warning(
                 "encoded %d examples (max_length %d): %d passages truncated, %d answers lost, %d answer spans inexact",
                 len(encoded),
@@ -220,7 +303,6 @@ class MRCEncoder:
                 lost,
                 inexact,
             )
-        return encoded
 
     def collate(
         self, encoded: Sequence[EncodedExample], pad_id: int | None = None, pad_to_multiple_of: int = 1
@@ -289,8 +371,23 @@ class MRCEncoder:
         return batch
 
 
+def representative(windows: Sequence[EncodedExample]) -> EncodedExample:
+    """The one encoding that stands for an example's ``windows``: the first holding its answer, else the first."""
+    return next((w for w in windows if w.answer_span is not None), windows[0])
+
+
+def training_windows(windows: Sequence[Sequence[EncodedExample]]) -> list[EncodedExample]:
+    """What training learns from, given each example's windows: every window that holds its answer.
+
+    An example none of whose windows holds its answer keeps its first window (its loss is ignored, as it is for
+    a cut answer without windows); with windows off this is each example's one encoding.
+    """
+    return [item for ws in windows for item in ([w for w in ws if w.answer_span is not None] or ws[:1])]
+
+
 def drop_unreachable(examples: list[MRCExample], encoder: MRCEncoder) -> tuple[list[MRCExample], int]:
-    """The examples without those whose extractive answer the encoder's truncation cuts away, and their count.
+    """The examples without those whose extractive answer the encoder's truncation cuts away (with windows: that
+    no window holds), and their count.
 
     Such an example has no answer span to train on (its loss is ignored), so in a training set it only
     inflates the count of examples seen. Option examples always keep their answer and are kept.

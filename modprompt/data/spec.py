@@ -63,6 +63,7 @@ field; every problem in a record names the data file, the record (and the item i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -602,7 +603,8 @@ def _shown(example: MRCExample) -> dict[str, Any]:
 
 
 def _token_report(whole, cutting, examples: list[MRCExample], extractive: bool) -> dict[str, Any] | None:
-    """Lengths of the uncut examples, and what encoding at ``cutting``'s max_length cuts."""
+    """Lengths of the uncut examples, what encoding at ``cutting``'s max_length cuts, and for extractive QA the
+    answers that no window holds either (adapt reads long passages in windows)."""
     if not examples:
         return None
     import numpy as np
@@ -614,4 +616,6 @@ def _token_report(whole, cutting, examples: list[MRCExample], extractive: bool) 
     if extractive:
         tokens["answers_cut"] = sum(e.answer_lost for e in cut)
         tokens["answers_inexact"] = sum(e.answer_span is not None and not e.answer_exact for e in cut)
+        windowed = type(cutting)(cutting.tokenizer, dataclasses.replace(cutting.config, windows=True))
+        tokens["answers_in_no_window"] = sum(e.answer_lost for e in windowed.encode_all(examples, report=False))
     return tokens
