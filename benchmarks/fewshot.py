@@ -50,7 +50,7 @@ from result_grid import RESULTS, ResultGrid, add_grid_arguments, run_grid, write
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.loop import dev_evaluations, run_budget, split_budget
 from modprompt.adapt.registry import METHODS
-from modprompt.adapt.run import adapt, fit_max_length
+from modprompt.adapt.run import adapt, fit_max_length, settings_in_effect
 from modprompt.arguments import progress_arg
 from modprompt.backbone import Backbone, resolve_backbone
 from modprompt.baselines.adapt_methods import prefinetuned_identity
@@ -176,12 +176,14 @@ def chosen_step(result: dict) -> int:
 
 
 def carry_check(
-    stored: dict, config: AdaptConfig, max_length: int, same_bank: bool, prompt_tokens_match: bool
+    stored: dict, config: AdaptConfig, max_length: int, same_bank: bool, prompt_tokens_match: bool, causal: bool
 ) -> str | None:
     """Why the stored run ``stored`` is not exactly what ``config`` would run (None: it is, so it may be carried).
 
     ``max_length`` is what ``config``'s protocol sizes for the cell; ``same_bank``: the stored cell's bank is
-    this table's; ``prompt_tokens_match``: the stored bank and this table's give the same prompt length.
+    this table's; ``prompt_tokens_match``: the stored bank and this table's give the same prompt length;
+    ``causal``: the table's backbone is causal (settings are compared as they act, :func:`settings_in_effect`:
+    a stored cell from before windows and the bilinear head ran as a new one does where neither applies).
     """
     method = stored["method"]
     if not same_bank:
@@ -193,8 +195,10 @@ def carry_check(
     as_new = dataclasses.replace(
         old, protocol=config.protocol, patience=config.patience, prefinetuned=config.prefinetuned
     )
-    if as_new.to_dict() != config.to_dict():
-        changed = sorted(k for k, v in config.to_dict().items() if as_new.to_dict()[k] != v)
+    as_new = settings_in_effect(as_new, stored["task"], causal).to_dict()
+    wanted = settings_in_effect(config, stored["task"], causal).to_dict()
+    if as_new != wanted:
+        changed = sorted(k for k, v in wanted.items() if as_new[k] != v)
         return f"other settings ({', '.join(changed)})"
     if len(stored["stages"]) != 1:
         return "several stages (their budgets differ between protocols)"
@@ -248,7 +252,7 @@ def carry_over(
             train, dev, _ = fewshot_splits(task, config.seed, args.data, config.k_per_label)
             splits[key] = train + subset(dev, config.dev_limit)
         max_length = fit_max_length(config, backbone, splits[key]).max_length
-        reason = carry_check(stored, config, max_length, same_bank, prompt_tokens_match)
+        reason = carry_check(stored, config, max_length, same_bank, prompt_tokens_match, backbone.causal)
         if reason is None and config.method == "prefinetune":
             model = prefinetuned_identity(config.prefinetuned)["sha256"] if config.prefinetuned else None
             same_model = model == (stored.get("prefinetuned") or {}).get("sha256")

@@ -32,7 +32,8 @@ from modprompt.modular.model import ModularPromptModel
 
 REPO = Path(__file__).resolve().parents[1]
 L, H, K, N, R = 2, 32, 8, 4, 4  # tiny backbones: layers, hidden; bank: modules, tokens, rank
-HEAD = 2 * H + 2
+HEAD = 2 * H + 2  # the linear span head
+BILINEAR_HEAD = HEAD + 2 * H * 32  # its key and query of rank 32: the fresh head on a causal backbone
 FAST = {"max_length": 96, "batch_size": 8, "eval_every": 2, "max_steps": 4, "test_limit": 20}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,20 +75,23 @@ def test_trainable_parameter_counts(kind, request, tmp_path):
     backbone = load_backbone(folder)
     bank = make_bank(backbone, tmp_path / "bank")
     body = sum(p.numel() for p in load_backbone(folder).parameters())
+    head = BILINEAR_HEAD if backbone.causal else HEAD
     expected = {
         "route-only": K,
         "route-per-layer": L * K,
         "mp2": L * K + L * K * N * R + L * R * H,
-        "pt": N * H + HEAD,
-        "deep-pt": L * N * H + HEAD,
-        "ft": body + HEAD,
+        "pt": N * H + head,
+        "deep-pt": L * N * H + head,
+        "ft": body + head,
     }
     for method, count in expected.items():
         assert create_method(backbone, AdaptConfig(method), "eprstmt", bank).trainable_parameters() == count, method
     variants = [
         (AdaptConfig("mp2", router_shared=True), K + L * K * N * R + L * R * H),
         (AdaptConfig("mp2", mp2_tune="modules"), L * K + L * K * N * R),
-        (AdaptConfig("pt", num_tokens=7), 7 * H + HEAD),
+        (AdaptConfig("pt", num_tokens=7), 7 * H + head),
+        (AdaptConfig("pt", span_head="linear"), N * H + HEAD),
+        (AdaptConfig("ft", span_head="bilinear"), body + BILINEAR_HEAD),
     ]
     for config, count in variants:
         assert create_method(backbone, config, "eprstmt", bank).trainable_parameters() == count, config
@@ -348,6 +352,26 @@ def test_adapted_files_round_trip_every_method(decoder, bank, eprstmt, tmp_path)
     assert (tmp_path / "route-only" / WEIGHTS_NAME).stat().st_size < 200
 
 
+def test_runs_saved_before_windows_and_the_bilinear_head_reopen_as_they_ran(decoder, bank, eprstmt, tmp_path):
+    # A pt run as saved before long_passages and span_head existed: linear head tensors, no key for either.
+    method = create_method(decoder, AdaptConfig("pt", span_head="linear", **FAST), "eprstmt", bank)
+    method.save(tmp_path / "old")
+    path = tmp_path / "old" / "adapted_config.json"
+    meta = json.loads(path.read_text())
+    assert {"head.proj.weight", "head.proj.bias"} <= set(meta["tensors"]) and meta["config"]["span_head"] == "linear"
+    for key in ("span_head", "long_passages"):
+        del meta["config"][key]
+    path.write_text(json.dumps(meta))
+    loaded = load_adapted(tmp_path / "old", backbone=decoder)
+    assert type(loaded.head).__name__ == "SpanHead" and not loaded.encoder().config.windows
+    assert loaded.config.long_passages == "cut"
+    new = create_method(decoder, AdaptConfig("pt", **FAST), "eprstmt", bank)  # a new run on a causal backbone
+    assert new.config.span_head == "bilinear" and new.encoder().config.windows  # recorded resolved
+    assert create_method(decoder, AdaptConfig("route-only"), "eprstmt", bank).config.span_head == "linear"
+    with pytest.raises(ValueError, match="keeps the linear span head"):
+        create_method(decoder, AdaptConfig("route-only", span_head="bilinear"), "eprstmt", bank)
+
+
 def test_runs_are_deterministic_given_the_seed(decoder, bank, data_root, tmp_path):
     def weights(seed: int, out: str) -> dict:
         config = AdaptConfig("mp2", seed=seed, **{**FAST, "max_steps": 3})
@@ -447,7 +471,7 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
     stored = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "fewshot").rglob("seed*.json"))
     assert stored == [f"fewshot/{m}/{t}/seed0.json" for m in ("pt", "route-only") for t in ("bustm", "eprstmt")]
     route = summary["methods"]["route-only"]
-    assert route["trainable_parameters"] == 8 and summary["methods"]["pt"]["trainable_parameters"] == N * H + HEAD
+    assert route["trainable_parameters"] == 8 and summary["methods"]["pt"]["trainable_parameters"] == N * H + BILINEAR_HEAD
     assert route["tasks"]["eprstmt"]["n"] == 1 and route["tasks"]["eprstmt"]["std"] == 0.0
     expected = (route["tasks"]["eprstmt"]["mean"] + route["tasks"]["bustm"]["mean"]) / 2
     assert route["average"] == pytest.approx(expected)

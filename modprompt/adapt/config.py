@@ -19,6 +19,10 @@ generate their flags from it (:mod:`modprompt.config_flags`).
   ``patience`` evaluations without improvement (4 unless set), ties keep the earlier step, and
   ``max_length`` was sized from the train, dev and test inputs.
 
+**Settings added later**, which a saved config without them read as the runs before them ran:
+``long_passages`` (``"cut"``: an extractive passage longer than ``max_length`` lost its end) and ``span_head``
+(``"linear"``: :class:`~modprompt.head.SpanHead`).
+
 Learning rates are per kind of parameter, so one config serves every method and a method uses only the
 ones it trains. Defaults and why:
 
@@ -50,6 +54,8 @@ PROTOCOL = 2
 PROTOCOLS = (1, 2)
 #: protocol 1's patience when none was set (the default those runs had)
 PROTOCOL1_PATIENCE = 4
+#: what a saved config that lacks these keys ran with (they came later)
+SAVED_BEFORE = {"protocol": 1, "long_passages": "cut", "span_head": "linear"}
 
 
 def _help(text: str, **extra) -> dict:
@@ -79,6 +85,23 @@ class AdaptConfig:
         metadata=_help(
             "passage tokens kept at least: a task whose query and options leave fewer within max_length "
             "(CSLDCP's 67 or IFLYTEK's 119 label words) gets a longer max_length for the run, logged"
+        ),
+    )
+    long_passages: str = field(
+        default="windows",
+        metadata=_help(
+            "extractive QA: a passage that does not fit max_length is read in overlapping 'windows' (training on "
+            "those holding the answer, predicting the best span of all), or 'cut' at its end as before windows",
+            choices=("windows", "cut"),
+        ),
+    )
+    span_head: str = field(
+        default="auto",
+        metadata=_help(
+            "the fresh span head of pt, deep-pt, ft, child-f and child-d: 'linear', 'bilinear' (a span scored with "
+            "its end token's state, modprompt.head.BilinearSpanHead) or 'auto' (bilinear on a causal backbone, "
+            "linear on a bidirectional one); bank methods and prefinetune keep their own (linear) head",
+            choices=("auto", "linear", "bilinear"),
         ),
     )
     num_tokens: int | None = field(
@@ -149,6 +172,10 @@ class AdaptConfig:
                 f"protocol {self.protocol} trains every run's whole budget, so patience (early stopping) does not "
                 "apply; leave it unset, or ask for protocol 1"
             )
+        if self.long_passages not in ("windows", "cut"):
+            raise ValueError(f"long_passages must be 'windows' or 'cut', not {self.long_passages!r}")
+        if self.span_head not in ("auto", "linear", "bilinear"):
+            raise ValueError(f"span_head must be 'auto', 'linear' or 'bilinear', not {self.span_head!r}")
         if self.mp2_tune not in ("modules", "projection", "both"):
             raise ValueError(f"mp2_tune must be 'modules', 'projection' or 'both', not {self.mp2_tune!r}")
         for name in ("k_per_label", "max_length", "batch_size", "max_epochs", "eval_batch_size"):
@@ -164,5 +191,6 @@ class AdaptConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> AdaptConfig:
-        """The config saved as ``data``; one saved without ``protocol`` ran under protocol 1 and reads as such."""
-        return config_from_dict(cls, {"protocol": 1, **data}, "adaptation")
+        """The config saved as ``data``; one saved without ``protocol`` ran under protocol 1 and reads as such, and
+        one without ``long_passages`` or ``span_head`` cut long passages and had the linear head."""
+        return config_from_dict(cls, {**SAVED_BEFORE, **data}, "adaptation")

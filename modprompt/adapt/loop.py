@@ -44,7 +44,7 @@ from torch import nn
 
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.methods import AdaptMethod, Stage
-from modprompt.data.encoding import EncodedExample, MRCEncoder
+from modprompt.data.encoding import EncodedExample, MRCEncoder, training_windows
 from modprompt.data.mrc import MRCExample
 from modprompt.evaluate import evaluate, main_metric
 from modprompt.head import span_loss
@@ -66,25 +66,23 @@ class CachedEncoder(MRCEncoder):
     A run encodes its splits once (:meth:`encode_all`), and everything after (a method's preparation,
     every training batch, every dev evaluation, the test score) gets the same encodings back, which are
     exactly what encoding them again would give. Examples are matched by identity: the cache holds each
-    example (in its encoding), so no other example can take its id while the cache lives.
+    example (in its encodings), so no other example can take its id while the cache lives. What is cached
+    is each example's windows (:meth:`encode_windows`); :meth:`encode_all` reads them too.
     """
 
     def __init__(self, encoder: MRCEncoder) -> None:
         vars(self).update(vars(encoder))  # the same tokenizer, layout and device
-        self._encoded: dict[int, EncodedExample] = {}
+        self._encoded: dict[int, list[EncodedExample]] = {}
 
-    def encode_all(
+    def encode_windows(
         self, examples: Sequence[MRCExample], chunk_size: int = 1024, report: bool = True
-    ) -> list[EncodedExample]:
-        """The encodings of ``examples``, encoding (and reporting on) only those not seen before."""
+    ) -> list[list[EncodedExample]]:
+        """The windows of ``examples``, encoding (and reporting on) only those not seen before."""
         new = list({id(e): e for e in examples if id(e) not in self._encoded}.values())
         if new:
-            for encoded in super().encode_all(new, chunk_size, report):
-                self._encoded[id(encoded.example)] = encoded
+            for windows in super().encode_windows(new, chunk_size, report):
+                self._encoded[id(windows[0].example)] = windows
         return [self._encoded[id(e)] for e in examples]
-
-    def encode(self, example: MRCExample) -> EncodedExample:
-        return self.encode_all([example], report=False)[0]
 
 
 def cached(encoder: MRCEncoder) -> CachedEncoder:
@@ -149,8 +147,13 @@ def run_stage(
     carried: tuple[float, int] | None = None,
     offset: int = 0,
     bar: Progress | None = None,
+    num_examples: int | None = None,
 ) -> dict:
     """Train one stage of ``budget`` steps (None: :func:`run_budget`'s), leaving the best dev state in place.
+
+    ``train`` holds what the steps draw from: each example's encoding, or with windows each window holding an
+    answer (:func:`~modprompt.data.encoding.training_windows`); ``num_examples``, the examples they come from
+    (None: ``len(train)``), sizes the budget and ``eval_every``'s default epoch, so windows add no steps.
 
     ``carried``: (dev score, run step) of the state the previous stage chose, which this stage starts from
     (protocol 2: it is not scored again); ``offset``: the run steps before this stage. Returns the stage's
@@ -170,7 +173,7 @@ def run_stage(
         optimizer = stage.optimizer(stage.param_groups)
     else:
         optimizer = torch.optim.AdamW(stage.param_groups, weight_decay=0.0)
-    run_total, eval_every = run_budget(config, len(train))
+    run_total, eval_every = run_budget(config, num_examples or len(train))
     total = run_total if budget is None else budget
     order_gen = torch.Generator().manual_seed(_seed(config.seed, index))
     timing = {"train_seconds": 0.0, "dev_seconds": 0.0}
@@ -277,11 +280,12 @@ def fit(
     """Run every stage of ``method`` on the few-shot ``train`` set, selecting on ``dev``; returns a summary.
 
     ``progress``: a bar over the run's steps (None: only when stderr is a terminal). Train and dev are
-    encoded once here (or were, by a :class:`CachedEncoder` passed in).
+    encoded once here (or were, by a :class:`CachedEncoder` passed in). With the encoder's windows on, the
+    steps draw from every window of a training example that holds its answer.
     """
     encoder = cached(encoder)
-    encoded = encoder.encode_all(train)
-    encoder.encode_all(dev)
+    encoded = training_windows(encoder.encode_windows(train))
+    encoder.encode_windows(dev)
     stages = method.stages()
     budgets, eval_every = stage_budgets(config, len(train), len(stages))
     for stage, budget in zip(stages, budgets):
@@ -293,7 +297,7 @@ def fit(
     with Progress(sum(budgets), f"adapt {method.name}", "step", progress).shown() as bar:
         for i, (stage, budget) in enumerate(zip(stages, budgets)):
             summary = run_stage(method, stage, encoder, encoded, dev, config, i, budget=budget, carried=carried,
-                                offset=offset, bar=bar)  # fmt: skip
+                                offset=offset, bar=bar, num_examples=len(train))  # fmt: skip
             summaries.append(summary)
             if summary["best_dev"] is not None:
                 carried = (summary["best_dev"], summary["best_run_step"])
@@ -302,6 +306,7 @@ def fit(
         "steps": sum(s["steps"] for s in summaries),
         "step_budget": sum(s["step_budget"] for s in summaries),
         "examples_seen": sum(s["examples_seen"] for s in summaries),
+        "train_windows": len(encoded),
         "train_seconds": sum(s["train_seconds"] for s in summaries),
         "dev_seconds": sum(s["dev_seconds"] for s in summaries),
         "dev_evaluations": sum(s["dev_evaluations"] for s in summaries),

@@ -14,16 +14,24 @@ Methods (trainable numbers for Gemma 3 270M: 18 layers, hidden 640, K 8, n 16, r
   with its sigmoid (as at test time) and tunes the bank's modules and/or projections (``mp2_tune``).
 * ``route-only`` (8): only a router shared by all layers, K numbers.
 * ``route-per-layer`` (144): only a per-layer router, layers × K numbers.
-* ``pt`` (11,522): vanilla prompt tuning, n soft tokens at the input layer plus a fresh head.
-* ``deep-pt`` (185,602): free prompts at every layer trained from scratch plus a fresh head; no bank.
-  Deep prompts as P-tuning v2 has them, in MP2's form (see :class:`DeepPromptTuning`).
-* ``ft`` (268,099,458: every backbone weight + head): full fine-tuning with a fresh head and no prompts.
+* ``pt`` (52,482; 11,522 with ``span_head`` linear): vanilla prompt tuning, n soft tokens at the input
+  layer plus a fresh head.
+* ``deep-pt`` (226,562; 185,602 linear): free prompts at every layer trained from scratch plus a fresh head;
+  no bank. Deep prompts as P-tuning v2 has them, in MP2's form (see :class:`DeepPromptTuning`).
+* ``ft`` (268,140,418: every backbone weight + head; 268,099,458 linear): full fine-tuning with a fresh head
+  and no prompts.
 
 The bank methods reuse the bank's pre-trained MRC head, frozen: it was trained with the bank on every
 upstream task in the same MRC format, so it is part of the pre-trained reader, and keeping it frozen
 leaves route-only at exactly K trainable numbers and MP2's stage 2 tuning only the prompts, as in MP2.
 The bank is copied into memory; the files on disk are never written. The methods without a bank train
-a freshly initialised head of the same shape (2 × hidden + 2 numbers), which they could not do without.
+a freshly initialised head, which they could not do without: of ``AdaptConfig.span_head``, by default
+(``auto``) the bilinear head on a causal backbone (2 × hidden + 2 + 2 × hidden × 32 numbers: 42,242 on
+Gemma; a linear start cannot see the span it starts, :mod:`modprompt.head`) and the linear head of the
+bank's shape (2 × hidden + 2) on a bidirectional one. So on Gemma a baseline's head is not the bank
+methods' kind unless ``span_head`` is ``linear``; the few-shot tables set it so (``benchmarks/README.md``).
+The head kind is saved resolved; a run saved before ``span_head`` existed had, and reopens with, the linear
+head. ``prefinetune`` keeps its pre-finetuned model's linear head.
 
 The backbone runs in eval mode (no dropout) for every method, ``ft`` included, so that every method
 sees the same network and a run is deterministic given its seed.
@@ -51,7 +59,7 @@ from modprompt.backbone import Backbone
 from modprompt.checksum import file_sha256
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.mrc import MRCExample
-from modprompt.head import SpanHead
+from modprompt.head import make_span_head, resolve_span_head
 from modprompt.modular.model import PROMPT_OFFSET, ModularPromptModel, PromptInjector, layer_rms, read_bank_config
 from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.router import annealed_temperature
@@ -96,11 +104,21 @@ class AdaptMethod(nn.Module, ABC):
     needs_bank: ClassVar[bool] = False
     #: buffers that are part of the adapted state although they never train (e.g. prompt scales)
     extra_state: ClassVar[tuple[str, ...]] = ()
+    #: the method trains a fresh span head of ``config.span_head``; else it keeps a pre-trained (linear) one
+    fresh_head: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None):
         super().__init__()
         if self.needs_bank and bank_dir is None:
             raise ValueError(f"method {self.name!r} adapts a pre-trained prompt bank; give one (--bank)")
+        if not self.fresh_head and config.span_head not in ("auto", "linear"):
+            raise ValueError(
+                f"method {self.name!r} keeps the linear span head it was pre-trained with; "
+                f"span_head {config.span_head!r} applies to a fresh head (pt, deep-pt, ft, child-f, child-d)"
+            )
+        # The head kind is recorded resolved, so that an adapted run reopens with the head it trained.
+        head = resolve_span_head(config.span_head, backbone.causal) if self.fresh_head else "linear"
+        config = replace(config, span_head=head)
         self.config = config
         self.task = task
         self.bank_dir = Path(bank_dir).resolve() if bank_dir is not None else None
@@ -134,8 +152,11 @@ class AdaptMethod(nn.Module, ABC):
 
     def encoder(self) -> MRCEncoder:
         """The MRC encoder for this method: ``max_length`` of the config, this method's placeholders, and
-        batches collated on the method's device."""
-        config = EncodingConfig(self.config.max_length, self.num_prompt_tokens)
+        batches collated on the method's device; long extractive passages in windows unless
+        ``long_passages`` is ``"cut"``."""
+        config = EncodingConfig(
+            self.config.max_length, self.num_prompt_tokens, windows=self.config.long_passages == "windows"
+        )
         return MRCEncoder(self.tokenizer, config, self.device)
 
     # -- shared ---------------------------------------------------------------------------------------
@@ -293,6 +314,7 @@ class PromptTuning(AdaptMethod):
 
     name = "pt"
     extra_state = ("scale",)
+    fresh_head = True
 
     def __init__(self, backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None):
         # peft only here: importing it takes seconds, and no other method needs it
@@ -315,7 +337,7 @@ class PromptTuning(AdaptMethod):
             self.prompt.embedding.weight.div_(scale)
         self.register_buffer("scale", scale.clone())
         self.register_buffer("indices", torch.arange(n), persistent=False)
-        self.head = SpanHead(backbone.hidden_size)
+        self.head = make_span_head(self.config.span_head, backbone.hidden_size)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -370,6 +392,7 @@ class DeepPromptTuning(AdaptMethod):
 
     name = "deep-pt"
     extra_state = ("layer_scale",)
+    fresh_head = True
 
     def __init__(self, backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None):
         config = _with_num_tokens(config, bank_dir)
@@ -378,7 +401,7 @@ class DeepPromptTuning(AdaptMethod):
         n = config.num_tokens
         self.prompts = nn.Parameter(torch.randn(backbone.num_layers, n, backbone.hidden_size) * config.init_std)
         self.register_buffer("layer_scale", torch.ones(backbone.num_layers))
-        self.head = SpanHead(backbone.hidden_size)
+        self.head = make_span_head(self.config.span_head, backbone.hidden_size)
         self.injector = PromptInjector(backbone.blocks)
 
     @property
@@ -415,11 +438,12 @@ class FineTuning(AdaptMethod):
     """
 
     name = "ft"
+    fresh_head = True
 
     def __init__(self, backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None):
         super().__init__(backbone, config, task, None)
         self.backbone = copy.deepcopy(backbone)
-        self.head = SpanHead(backbone.hidden_size)
+        self.head = make_span_head(self.config.span_head, backbone.hidden_size)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -24,11 +24,12 @@ from modprompt.checksum import file_sha256
 from modprompt.config_utils import read_saved_config
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.fewshot import fewshot_splits, subset
-from modprompt.data.mrc import MRCExample
+from modprompt.data.mrc import MRCExample, TaskKind
 from modprompt.data.spec import load_spec
 from modprompt.data.task import Task, get_task
 from modprompt.device import resolve_device
 from modprompt.evaluate import evaluate, main_metric
+from modprompt.head import resolve_span_head
 from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.model import read_bank_config
 
@@ -50,6 +51,17 @@ def fit_max_length(config: AdaptConfig, backbone: Backbone, examples: list[MRCEx
     logger.info("query and options need %d tokens: max_length %d -> %d", needed - config.min_passage_tokens,
                 config.max_length, needed)  # fmt: skip
     return dataclasses.replace(config, max_length=needed)
+
+
+def settings_in_effect(config: AdaptConfig, task: str | Task, causal: bool) -> AdaptConfig:
+    """``config`` with the settings that cannot change its run on ``task`` put as they act, so that two configs
+    equal here run alike: the span head resolved on a backbone of this attention (``linear`` for a method that
+    keeps a pre-trained head), and ``long_passages`` ``"cut"`` for a task without extractive passages (only
+    those are ever windowed)."""
+    task = task if isinstance(task, Task) else get_task(task)
+    head = resolve_span_head(config.span_head, causal) if METHODS[config.method].fresh_head else "linear"
+    passages = config.long_passages if task.kind is TaskKind.EXTRACTIVE_QA else "cut"
+    return dataclasses.replace(config, span_head=head, long_passages=passages)
 
 
 def resolve_task(task: str | Task | None, task_spec: str | Path | None = None) -> Task:
@@ -147,6 +159,8 @@ def adapt(
         "chosen_step": summary["chosen_step"],
         "examples_seen": summary["examples_seen"],
         "examples": {"train": len(train), "dev": len(dev), "test": len(test)},
+        # with windows, the training steps draw from the windows holding an answer; without, one per example
+        "train_windows": summary["train_windows"],
         "backbone": backbone.info.name,
         "device": str(method.device),
         "bank": str(Path(bank).resolve()) if method.needs_bank else None,

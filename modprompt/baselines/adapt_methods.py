@@ -99,6 +99,7 @@ class Prefinetuned(FineTuning):
     """``ft`` from the pre-finetuned backbone and span head (``AdaptConfig.prefinetuned``)."""
 
     name = "prefinetune"
+    fresh_head = False  # the pre-finetuned model's own head, a linear one
 
     def __init__(self, backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None):
         if not config.prefinetuned:
