@@ -140,12 +140,13 @@ def random_bank(backbone: Backbone, tasks: list[str], seed: int = 0, **config) -
     return ModularPromptModel(backbone, config, tasks)
 
 
-def tiny_backbone(kind: str, dir: Path) -> Path:
+def tiny_backbone(kind: str, dir: Path, tokenizer: str | None = None) -> Path:
     """Save a randomly initialised model of ``kind`` and its tokenizer into ``dir``; return ``dir``.
 
     ``encoder``: BertModel with the char tokenizer. ``decoder``: Gemma3ForCausalLM (the default
     backbone's architecture: one sliding-window and one global layer) with the BPE tokenizer.
-    ``encoder-decoder``: BartForConditionalGeneration with the char tokenizer.
+    ``encoder-decoder``: BartForConditionalGeneration with the char tokenizer. ``tokenizer`` (``char`` or
+    ``bpe``) replaces the kind's own, e.g. to compare an encoder and a decoder that differ only in attention.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown backbone kind {kind!r}; expected one of {KINDS}")
@@ -163,7 +164,7 @@ def tiny_backbone(kind: str, dir: Path) -> Path:
     dir = Path(dir)
     torch.manual_seed(0)
     if kind == "encoder":
-        tok = save_tokenizer("char", dir)
+        tok = save_tokenizer(tokenizer or "char", dir)
         config = BertConfig(
             vocab_size=len(tok),
             hidden_size=32,
@@ -175,7 +176,7 @@ def tiny_backbone(kind: str, dir: Path) -> Path:
         )
         model = BertModel(config)
     elif kind == "decoder":
-        tok = save_tokenizer("bpe", dir)
+        tok = save_tokenizer(tokenizer or "bpe", dir)
         config = Gemma3TextConfig(
             vocab_size=len(tok),
             hidden_size=32,
@@ -194,7 +195,7 @@ def tiny_backbone(kind: str, dir: Path) -> Path:
         )
         model = Gemma3ForCausalLM(config)
     else:
-        tok = save_tokenizer("char", dir)
+        tok = save_tokenizer(tokenizer or "char", dir)
         # Chinese BART checkpoints (fnlp/bart-base-chinese) use BERT's vocabulary the same way.
         config = BartConfig(
             vocab_size=len(tok),
