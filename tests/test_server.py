@@ -685,7 +685,6 @@ CLIENT_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skip(reason="flaky under load: a killed client's state is sometimes read as an old pickle (StateError); open in issue 24")
 def test_killed_client_resumes_where_it_stopped(served, tmp_path):
     url, _, splits = served
     config = TuneConfig("bbtv2", seed=3, prompt_evaluations=48, popsize=4, dim=8)

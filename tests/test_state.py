@@ -44,7 +44,6 @@ def test_a_state_is_data_and_resumes_exactly(tmp_path):
     save_state(path, state)
 
     raw = path.read_bytes()
-    assert not raw.startswith(b"\x80")  # not a pickle
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     document = json.loads(header["__metadata__"]["state"])
     assert (document["format"], document["version"]) == (FORMAT, VERSION)
@@ -59,6 +58,20 @@ def test_a_state_is_data_and_resumes_exactly(tmp_path):
     straight = _run(cma, search, 4)
     assert len(resumed) == len(straight) and all(np.array_equal(a, b) for a, b in zip(resumed, straight))
     assert loaded["router_search"].best[1] == search.best[1]
+
+
+def test_a_state_whose_header_length_starts_like_a_pickle_loads(tmp_path):
+    # A safetensors file starts with its header's length; for one length in 256 its first byte is 0x80, the
+    # byte every modern pickle starts with. Such a state was once refused as a pickle (a flaky resume).
+    path = tmp_path / "run.state"
+    for size in range(600):
+        save_state(path, {"note": "x" * size, "values": np.arange(3.0)})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no state size gave a header length whose first byte is 0x80")
+    loaded = load_state(path)
+    assert loaded["note"] == "x" * size and loaded["values"].tolist() == [0.0, 1.0, 2.0]
 
 
 def test_an_old_pickle_state_is_refused_unread(tmp_path):

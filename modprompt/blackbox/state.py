@@ -35,7 +35,10 @@ import numpy as np
 
 FORMAT = "modprompt-blackbox-state"
 VERSION = 1
-_PICKLE_MAGIC = b"\x80"  # every pickle of protocol 2 and later starts with PROTO
+# Every pickle of protocol 2 and later starts with PROTO (0x80) and its protocol number. A safetensors file
+# starts with its header's length (8 bytes, little-endian), whose first byte is 0x80 for one header length in
+# 256, so a file is called a pickle only when it does not read as safetensors.
+_PICKLE_STARTS = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))
 
 #: classes outside the cma package a state may hold (module, qualified name)
 _CLASSES = frozenset({
@@ -82,19 +85,19 @@ def load_state(path: str | Path) -> Any | None:
     path = Path(path)
     if not path.is_file():
         return None
-    with path.open("rb") as handle:
-        start = handle.read(len(_PICKLE_MAGIC))
-    if start == _PICKLE_MAGIC:
-        raise StateError(
-            f"{path} is a state file of an older modprompt (a pickle, which runs code when read); it is no "
-            "longer read: delete it (or give another --state path) to start the run again"
-        )
     try:
         with safe_open(path, framework="np") as handle:
             document = json.loads((handle.metadata() or {})["state"])
             # Copies: the optimisers update their arrays in place.
             arrays = {name: np.array(handle.get_tensor(name)) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+        with path.open("rb") as handle:
+            start = handle.read(2)
+        if start in _PICKLE_STARTS:
+            raise StateError(
+                f"{path} is a state file of an older modprompt (a pickle, which runs code when read); it is no "
+                "longer read: delete it (or give another --state path) to start the run again"
+            ) from None
         raise StateError(f"{path} is not a modprompt state file ({type(err).__name__}: {err})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT or document.get("version") != VERSION:
         raise StateError(f"{path} is not a modprompt state file of version {VERSION}")
