@@ -440,7 +440,11 @@ def test_predict_errors_name_the_file_and_line(decoder, bank, tmp_path):
         predict_file(method, bad, tmp_path / "p.jsonl", pair)
 
 
-def test_a_changed_bank_is_refused(decoder, tmp_path):
+def test_a_changed_bank_is_refused(decoder, tmp_path, monkeypatch):
+    import shutil
+
+    from modprompt.adapt import run as run_module
+
     bank = make_bank(decoder, tmp_path / "bank")
     method = create_method(decoder, AdaptConfig("route-only"), "eprstmt", bank)
     method.save(tmp_path / "adapted")
@@ -448,9 +452,16 @@ def test_a_changed_bank_is_refused(decoder, tmp_path):
     model = ModularPromptModel.from_pretrained(bank, decoder)
     with torch.no_grad():
         model.bank.modules_z.add_(1.0)
+    shipped = tmp_path / "shipped"
+    shutil.copytree(bank, shipped / "old-release")  # the bank it was adapted from, as a shipped earlier release
     model.save_pretrained(bank)
     with pytest.raises(ValueError, match="sha256 differs"):
         load_adapted(tmp_path / "adapted", backbone=decoder)
+    monkeypatch.setattr(run_module, "SHIPPED_BANKS", shipped)
+    # The bank is checked before any backbone is loaded, and the error names the shipped bank that fits.
+    monkeypatch.setattr(run_module, "resolve_backbone", lambda *a: pytest.fail("backbone loaded before the bank check"))
+    with pytest.raises(ValueError, match=f"pass --bank {shipped / 'old-release'}"):
+        load_adapted(tmp_path / "adapted")
 
 
 def _fewshot_benchmark(monkeypatch):

@@ -30,6 +30,7 @@ from modprompt.data.task import Task, get_task
 from modprompt.device import resolve_device
 from modprompt.evaluate import evaluate, main_metric
 from modprompt.head import resolve_span_head
+from modprompt.modular.model import SHIPPED_BANKS
 from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.model import read_bank_config
 
@@ -199,8 +200,7 @@ def load_adapted(
     a bank whose weights changed since (another sha256) is an error.
     """
     meta = read_adapted_config(directory)
-    backbone = resolve_backbone(backbone, meta["backbone"])
-    check_backbone(meta["backbone"], backbone, f"adapted task {directory}")
+    # The bank is checked before the backbone loads: a wrong bank should fail in a second, not after Gemma.
     bank_dir = None
     if meta["bank"] is not None:
         bank_dir = Path(bank or meta["bank"]["path"])
@@ -208,7 +208,12 @@ def load_adapted(
         if not weights.is_file():
             raise FileNotFoundError(f"the bank {bank_dir} that {directory} was adapted from is not there; pass --bank")
         if file_sha256(weights) != meta["bank"]["sha256"]:
-            raise ValueError(f"bank {bank_dir} is not the bank {directory} was adapted from (its sha256 differs)")
+            shipped = [p.parent for p in sorted(SHIPPED_BANKS.glob(f"*/{BANK_WEIGHTS}"))
+                       if file_sha256(p) == meta["bank"]["sha256"]]  # fmt: skip
+            hint = f"; the shipped bank {shipped[0]} is that one: pass --bank {shipped[0]}" if shipped else ""
+            raise ValueError(f"bank {bank_dir} is not the bank {directory} was adapted from (its sha256 differs){hint}")
+    backbone = resolve_backbone(backbone, meta["backbone"])
+    check_backbone(meta["backbone"], backbone, f"adapted task {directory}")
     config = AdaptConfig.from_dict(meta["config"])
     if config.method not in METHODS:
         raise KeyError(f"{directory} was adapted with method {config.method!r}, which is not registered here")

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CONFIG_NAME = "bank_config.json"
 WEIGHTS_NAME = "bank.safetensors"
+#: the banks shipped inside the package (one folder each: the released bank and earlier releases)
+SHIPPED_BANKS = Path(__file__).parents[1] / "banks"
 #: Placeholders start right after the first token (CLS or BOS), as in MP2.
 PROMPT_OFFSET = 1
 
