@@ -30,7 +30,8 @@ from pathlib import Path
 from result_grid import ResultGrid, add_grid_arguments, run_grid, write_table
 
 from modprompt.arguments import progress_arg
-from modprompt.blackbox.tune import METHODS, PAPER_BUDGETS, PRESETS, TuneConfig, load_bank_modules, tune_task
+from modprompt.blackbox.config import METHODS, PAPER_BUDGETS, PRESETS, TuneConfig
+from modprompt.blackbox.tune import load_bank_modules, tune_task
 from modprompt.checksum import file_sha256
 from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.progress import Progress
@@ -78,7 +79,7 @@ def run_all(args: argparse.Namespace, grid: ResultGrid) -> None:
     with Progress(len(todo), args.name, "run", progress_arg(args)).shown() as bar:  # each run shows its own too
         for i, (config, task, path) in enumerate(todo, 1):
             logger.info("[%d/%d] %s on %s, seed %d", i, len(todo), config.method, task, config.seed)
-            state = args.work / args.name / config.method / task / f"seed{config.seed}.pkl"
+            state = args.work / args.name / config.method / task / f"seed{config.seed}.state"
             result = tune_task(objective, task, args.data, config, state, modules, progress=progress_arg(args))
             result["server"] = args.server or "in-process"
             grid.store(path, result, None if args.server else args.device)

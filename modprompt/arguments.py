@@ -55,32 +55,6 @@ def add_lenient_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-#: flags of a config field each: name -> (type, help); ``None`` help for a self-explanatory one
-ConfigFlags = dict[str, tuple[type, str | None]]
-
-#: the few-shot split and evaluation budget, set alike for ``adapt`` and ``bbt`` (fields of both configs)
-SPLIT_FLAGS: ConfigFlags = {
-    "k_per_label": (int, "examples per label for train and for dev, for tasks without official few-shot files"),
-    "test_limit": (int, "score only this many test examples (a fixed subset, the same for every method)"),
-    "dev_limit": (int, "select on only this many dev examples (a fixed subset)"),
-}
-
-
-def add_config_flags(p: argparse.ArgumentParser, flags: ConfigFlags, defaults: object | None = None) -> None:
-    """``--field-name`` for each config field in ``flags``; with a ``defaults`` config, helps show its values."""
-    for name, (kind, text) in flags.items():
-        note = None
-        if defaults is not None and not (text and "default" in text):
-            value = getattr(defaults, name)
-            note = f"default {value}" if value is not None else "default: none"
-        p.add_argument("--" + name.replace("_", "-"), type=kind, help="; ".join(filter(None, (text, note))))
-
-
-def config_flags(args: argparse.Namespace, flags: ConfigFlags) -> dict:
-    """The config fields given on the command line (flags left out keep the config's defaults)."""
-    return {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
-
-
 def data_root_arg(value: str | None) -> Path:
     from modprompt.data.download import default_data_root
 

@@ -13,11 +13,16 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 #: annotations a flag can parse (after ``| None`` is dropped)
 _PARSERS = {int: int, float: float, str: str}
+
+
+def flag_help(text: str, **extra: Any) -> dict[str, Any]:
+    """A config field's ``metadata``: its flag's help, and ``choices`` or ``type`` where given."""
+    return {"help": text, **extra}
 
 
 def _flag_type(annotation: Any) -> type:
@@ -50,21 +55,25 @@ def add_dataclass_flags(
     *,
     exclude: Iterable[str] = (),
     note: str = "",
+    field_notes: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Add ``--field-name`` for each chosen field of dataclass ``cls``; returns the field names.
 
-    The help is the field's ``metadata["help"]`` plus its default (unless the help already speaks of one)
-    and ``note``; ``metadata["choices"]`` restricts the values. A ``bool`` field becomes a switch
-    (``store_true``; it turns on what defaults to off). Every flag defaults to None: only the flags given
-    override the config's defaults.
+    The help is the field's ``metadata["help"]`` plus its default (unless the help already speaks of one),
+    the field's entry in ``field_notes`` (e.g. another preset's value) and ``note``; ``metadata["choices"]``
+    restricts the values, and ``metadata["type"]`` gives the flag's type where the annotation admits more
+    than the command line does. A ``bool`` field becomes a switch (``store_true``; it turns on what
+    defaults to off). Every flag defaults to None: only the flags given override the config's defaults.
     """
     hints = typing.get_type_hints(cls)
+    field_notes = field_notes or {}
     added = []
     for f in flag_fields(cls, names, exclude):
-        kind = _flag_type(hints[f.name])
+        kind = f.metadata.get("type") or _flag_type(hints[f.name])
         text = f.metadata.get("help", "")
         if f.default is not dataclasses.MISSING and kind is not bool and "default" not in text:
             text = "; ".join(filter(None, [text, f"default {f.default}" if f.default is not None else "default: none"]))
+        text = "; ".join(filter(None, [text, field_notes.get(f.name)]))
         text = " ".join(filter(None, [text, note]))
         flag = "--" + f.name.replace("_", "-")
         if kind is bool:

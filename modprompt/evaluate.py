@@ -10,12 +10,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from modprompt.data.encoding import EncodedExample, MRCEncoder, span_to_text
 from modprompt.data.mrc import MRCExample
 from modprompt.head import option_scores, scored_spans
 from modprompt.metrics import accuracy, exact_match_f1
+from modprompt.progress import Progress
 
 #: ``forward(batch, tasks) -> (start_logits, end_logits)`` for a collated batch and its examples' tasks.
 Forward = Callable[[dict, list[str]], tuple[torch.Tensor, torch.Tensor]]
@@ -36,8 +36,17 @@ def _batches(items: Sequence, size: int):
 
 
 @torch.no_grad()
-def predict(forward: Forward, encoder: MRCEncoder, examples: Sequence[MRCExample], batch_size: int = 16) -> list[Prediction]:
+def predict(
+    forward: Forward,
+    encoder: MRCEncoder,
+    examples: Sequence[MRCExample],
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> list[Prediction]:
     """Predict every example: the best option, or the best passage span mapped back to text.
+
+    ``progress``: a bar over the batches (None: only when stderr is a terminal, and only for more than four
+    batches).
 
     With the encoder's windows on, a long passage is scored window by window and its prediction is the best
     span of all its windows: span scores are log-probabilities normalised within each window, compared across
@@ -51,27 +60,30 @@ def predict(forward: Forward, encoder: MRCEncoder, examples: Sequence[MRCExample
     by_index: dict[int, Prediction] = {}
     best_span: dict[int, tuple[float, int]] = {}  # example -> (score, -window) of its best span so far
     chunks = list(_batches(order, batch_size))
-    for chunk in tqdm(chunks, desc="predict", leave=False, disable=None if len(chunks) > 4 else True):
-        items: list[EncodedExample] = [encoded[i][1] for i in chunk]
-        batch = encoder.collate(items)
-        start, end = forward(batch, [e.example.task for e in items])
-        if any(e.option_spans for e in items):
-            scores = option_scores(start, end, batch)
-        spans = scored_spans(start, end, batch) if any(not e.option_spans for e in items) else None
-        for row, item in enumerate(items):
-            index = encoded[chunk[row]][0]
-            if item.option_spans:
-                row_scores = scores[row, : len(item.option_spans)]
-                best = int(row_scores.argmax())
-                by_index[index] = Prediction(item.example, item.example.options[best], best, row_scores.tolist())
-            else:
-                first, last, value = spans[row]
-                key = (value, -item.window)
-                if index not in best_span or key > best_span[index]:
-                    best_span[index] = key
-                    offsets, p_start = item.passage_offsets, item.passage_span[0]
-                    span = (offsets[first - p_start][0], offsets[last - p_start][1])
-                    by_index[index] = Prediction(item.example, span_to_text(item, first, last), span=span)
+    show = progress if len(chunks) > 4 else False
+    with Progress(len(chunks), "predict", "batch", show).shown() as bar:
+        for chunk in chunks:
+            items: list[EncodedExample] = [encoded[i][1] for i in chunk]
+            batch = encoder.collate(items)
+            start, end = forward(batch, [e.example.task for e in items])
+            if any(e.option_spans for e in items):
+                scores = option_scores(start, end, batch)
+            spans = scored_spans(start, end, batch) if any(not e.option_spans for e in items) else None
+            for row, item in enumerate(items):
+                index = encoded[chunk[row]][0]
+                if item.option_spans:
+                    row_scores = scores[row, : len(item.option_spans)]
+                    best = int(row_scores.argmax())
+                    by_index[index] = Prediction(item.example, item.example.options[best], best, row_scores.tolist())
+                else:
+                    first, last, value = spans[row]
+                    key = (value, -item.window)
+                    if index not in best_span or key > best_span[index]:
+                        best_span[index] = key
+                        offsets, p_start = item.passage_offsets, item.passage_span[0]
+                        span = (offsets[first - p_start][0], offsets[last - p_start][1])
+                        by_index[index] = Prediction(item.example, span_to_text(item, first, last), span=span)
+            bar.step()
     return [by_index[i] for i in range(len(windows))]
 
 
@@ -87,8 +99,15 @@ def score(predictions: Sequence[Prediction]) -> dict[str, float]:
     return metrics
 
 
-def evaluate(forward: Forward, encoder: MRCEncoder, examples: Sequence[MRCExample], batch_size: int = 16) -> dict[str, float]:
-    return score(predict(forward, encoder, examples, batch_size))
+def evaluate(
+    forward: Forward,
+    encoder: MRCEncoder,
+    examples: Sequence[MRCExample],
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> dict[str, float]:
+    """:func:`score` of :func:`predict`'s predictions."""
+    return score(predict(forward, encoder, examples, batch_size, progress))
 
 
 def main_metric(metrics: dict[str, float]) -> float:

@@ -248,7 +248,7 @@ def _scripted_dev(monkeypatch, scores: list[float]) -> None:
     import modprompt.adapt.loop as loop
 
     left = list(scores)
-    monkeypatch.setattr(loop, "evaluate", lambda *args: {})
+    monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: {})
     monkeypatch.setattr(loop, "main_metric", lambda metrics: left.pop(0))
 
 
@@ -383,7 +383,7 @@ def test_runs_are_deterministic_given_the_seed(decoder, bank, data_root, tmp_pat
     assert not torch.equal(first["model.router.logits"], other["model.router.logits"])
 
 
-def test_end_to_end_adapt_save_load_predict(tiny_decoder, bank, data_root, eprstmt, tmp_path, capsys):
+def test_end_to_end_adapt_save_load_predict(tiny_decoder, bank, data_root, eprstmt, tmp_path, capsys, monkeypatch):
     out = tmp_path / "adapted"
     common = ["--backbone", str(tiny_decoder), "--data", str(data_root)]
     flags = ["--max-length", "96", "--max-steps", "4", "--eval-every", "2", "--test-limit", "20"]
@@ -414,6 +414,14 @@ def test_end_to_end_adapt_save_load_predict(tiny_decoder, bank, data_root, eprst
     # The reloaded adaptation scores the same examples exactly as the run that made it.
     assert summary["metrics"]["accuracy"] == result["test"]["accuracy"]
     assert sum(line["correct"] for line in lines[:20]) == round(20 * result["test"]["accuracy"])
+
+    # On a terminal predict shows the one progress bar over its batches; --quiet turns it off.
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    for quiet in ([], ["--quiet"]):
+        assert cli(["predict", "--adapted", str(out), "--input", str(user_file), "--output", str(preds),
+                    "--backbone", str(tiny_decoder), "--batch-size", "4", *quiet]) == 0  # fmt: skip
+        err = capsys.readouterr().err
+        assert ("predict: 100%" in err and "6/6" in err) == (not quiet)
 
 
 def test_own_task_spec_adapt_and_predict(decoder, data_root, tmp_path):

@@ -15,12 +15,13 @@ from blackbox_helpers import MAX_LENGTH, examples, tiny_bank
 
 from modprompt.backbone import load_backbone
 from modprompt.blackbox.cache import LRUBytes, _Replay
+from modprompt.blackbox.config import TuneConfig
 from modprompt.blackbox.objective import InProcessObjective, Objective
 from modprompt.blackbox.params import Candidate, CandidateResult, Limits, ModelInfo, ScoreReply, Space, routed_mix
 from modprompt.blackbox.router_bo import RouterSearch
 from modprompt.blackbox.scoring import ParameterError, Scorer
 from modprompt.blackbox.state import load_state
-from modprompt.blackbox.tune import TuneConfig, bank_modules, tune
+from modprompt.blackbox.tune import bank_modules, tune
 from modprompt.cli import main
 from modprompt.data.mrc import MRCExample
 from modprompt.evaluate import predict, score
@@ -174,15 +175,15 @@ def test_interrupted_mp2_run_resumes_to_the_same_result(banks, splits, tmp_path)
     train, dev, test = splits
     config = TuneConfig("mp2-bb", seed=1, router_evaluations=4, router_initial_points=3, router_dev_every=2,
                         prompt_evaluations=24, popsize=4, dev_every=2)  # fmt: skip
-    straight = tune(InProcessObjective(scorer), "eprstmt", train, dev, test, config, tmp_path / "straight.pkl")
+    straight = tune(InProcessObjective(scorer), "eprstmt", train, dev, test, config, tmp_path / "straight.state")
 
     # Two drops: one in stage 1 (the dev check of the 2nd router, after its train call), one in stage 2's
     # first generation; each restart resumes from the file.
     dropping = _Dropping(scorer, fail_on={3, 9})
     for _ in range(2):
         with pytest.raises(ConnectionError):
-            tune(dropping, "eprstmt", train, dev, test, config, tmp_path / "dropped.pkl")
-    resumed = tune(dropping, "eprstmt", train, dev, test, config, tmp_path / "dropped.pkl")
+            tune(dropping, "eprstmt", train, dev, test, config, tmp_path / "dropped.state")
+    resumed = tune(dropping, "eprstmt", train, dev, test, config, tmp_path / "dropped.state")
 
     assert resumed["sessions"] == 3 and straight["sessions"] == 1
     same = ("parameters", "history", "evaluations", "examples_seen", "metric", "best_dev", "trainable_parameters",
@@ -198,7 +199,7 @@ def test_interrupted_mp2_run_resumes_to_the_same_result(banks, splits, tmp_path)
     assert straight["test"]["examples"] == len(test) and 0 <= straight["metric"] <= 1
     with pytest.raises(ValueError, match="other config"):
         other = TuneConfig("mp2-bb", seed=2)
-        tune(InProcessObjective(scorer), "eprstmt", train, dev, test, other, tmp_path / "straight.pkl")
+        tune(InProcessObjective(scorer), "eprstmt", train, dev, test, other, tmp_path / "straight.state")
 
 
 class _Recording(InProcessObjective):
@@ -256,11 +257,11 @@ def test_mp2_preset_steps_0_5_at_the_first_layer_and_0_1_after(banks, splits, tm
     train, dev, test = splits
     config = TuneConfig.preset("mp2", "mp2-bb", router_evaluations=2, prompt_evaluations=8, popsize=4)
     assert config.step_sizes == (0.5, 0.1) and config.router == "per_layer" and config.router_kappa == 2
-    result = tune(objective, "eprstmt", train, dev, [], config, tmp_path / "state.pkl")
-    strategies = load_state(tmp_path / "state.pkl")["cma"].strategies
+    result = tune(objective, "eprstmt", train, dev, [], config, tmp_path / "state.state")
+    strategies = load_state(tmp_path / "state.state")["cma"].strategies
     assert {layer: es.sigma0 for layer, es in strategies.items()} == {0: 0.5, 1: 0.1}
     # What was sampled: layer 0's population spreads about 5 times as far from its start as layer 1's.
-    start = {int(k): np.array(v) for k, v in load_state(tmp_path / "state.pkl")["start"].items()}
+    start = {int(k): np.array(v) for k, v in load_state(tmp_path / "state.state")["start"].items()}
     first, second = np.stack(objective.vectors[2:6]), np.stack(objective.vectors[6:10])
     spread = [float(np.std(first[:, 0] - start[0])), float(np.std(second[:, 1] - start[1]))]
     assert spread[0] > 2.5 * spread[1]
@@ -288,7 +289,7 @@ def test_bbt_command_searches_the_router_it_is_told(banks, data_root, tmp_path, 
     out = tmp_path / "result.json"
     argv = ["bbt", "--bank", str(bank_dir), "--backbone", str(backbone_dir), "--task", "eprstmt", "--method",
             "mp2-bb", "--router", router, "--router-evaluations", "2", "--router-initial-points", "2",
-            "--prompt-evaluations", "0", "--data", str(data_root), "--state", str(tmp_path / "s.pkl"), "--out",
+            "--prompt-evaluations", "0", "--data", str(data_root), "--state", str(tmp_path / "s.state"), "--out",
             str(out), "--max-length", str(MAX_LENGTH), "--dev-limit", "4", "--test-limit", "4"]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(out.read_text())
@@ -401,6 +402,30 @@ def test_serve_has_a_flag_for_every_request_limit():
     assert limits_arg(args) == Limits(*[7] * len(every))
 
 
+def test_every_bbt_flag_is_generated_from_its_field_and_sets_it(capsys):
+    from modprompt.blackbox.cli import _FLAGS
+    from modprompt.cli import build_parser
+    from modprompt.config_flags import dataclass_flag_values
+
+    assert set(_FLAGS) == {f.name for f in dataclasses.fields(TuneConfig)} - {"method"}
+    given = {"seed": 2, "k_per_label": 8, "router": "shared", "router_evaluations": 7, "router_initial_points": 3,
+             "router_kappa": 1.5, "router_dev_every": 4, "router_batch": 2, "prompt_evaluations": 40, "popsize": 4,
+             "sigma": 0.2, "sigma_first": 0.3, "bound": 2.0, "bound_on": "offset", "dim": 6, "dev_every": 3,
+             "test_limit": 20, "dev_limit": 10}  # fmt: skip
+    assert set(given) == set(_FLAGS)
+    argv = ["bbt", "--bank", "b", "--task", "eprstmt", "--method", "mp2-bb", "--preset", "cpu"]
+    args = build_parser().parse_args(argv + [a for n, v in given.items() for a in ("--" + n.replace("_", "-"), str(v))])
+    config = TuneConfig.preset(args.preset, args.method, **dataclass_flag_values(args, _FLAGS))
+    assert {name: getattr(config, name) for name in given} == given
+    args = build_parser().parse_args(argv)  # no flag: the preset's values
+    cpu = TuneConfig.preset("cpu", "mp2-bb")
+    assert TuneConfig.preset(args.preset, args.method, **dataclass_flag_values(args, _FLAGS)) == cpu
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bbt", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--popsize POPSIZE CMA-ES population (MP2: 20); default 20; --preset cpu: 10" in shown
+
+
 def test_configs_saved_before_mp2_fidelity_read_as_they_ran(tmp_path):
     stored = json.loads((REPO / "benchmarks/results/blackbox/mp2-bb/eprstmt/seed0.json").read_text())["config"]
     old = TuneConfig.from_dict(stored)
@@ -445,7 +470,7 @@ def test_blackbox_benchmark_stores_resumes_and_aggregates(banks, data_root, tmp_
     assert (bbt["evaluations_per_run"], bbt["paper_budget"], bbt["budget_share"]) == (8, 8000, 0.001)
     assert (tmp_path / "blackbox.png").stat().st_size > 1000
     assert sorted(p.name for p in (tmp_path / "work" / "blackbox" / "bbt" / "eprstmt").iterdir()) == [
-        "seed0.pkl", "seed1.pkl"]  # fmt: skip
+        "seed0.state", "seed1.state"]  # fmt: skip
 
     monkeypatch.setattr(benchmark, "tune_task", lambda *a, **k: pytest.fail("a stored result was run again"))
     assert benchmark.main(argv)["methods"]["bbt"] == bbt

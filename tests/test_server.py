@@ -29,7 +29,8 @@ from modprompt.blackbox.params import Candidate, Limits, Space, example_from_dic
 from modprompt.blackbox.scoring import Scorer
 from modprompt.blackbox.server import ServerConfig, ServerThread, create_app, load_api_keys
 from modprompt.blackbox.state import load_state
-from modprompt.blackbox.tune import TuneConfig, tune
+from modprompt.blackbox.config import TuneConfig
+from modprompt.blackbox.tune import tune
 from modprompt.modular.model import ModularPromptModel
 
 KEY = "test-key-0123456789abcdef"
@@ -673,7 +674,8 @@ CLIENT_SCRIPT = textwrap.dedent(
     from modprompt.blackbox.client import Client
     from modprompt.blackbox.objective import RemoteObjective
     from modprompt.blackbox.params import example_from_dict
-    from modprompt.blackbox.tune import TuneConfig, tune
+    from modprompt.blackbox.config import TuneConfig
+    from modprompt.blackbox.tune import tune
 
     job = json.load(open(sys.argv[1]))
     splits = [[example_from_dict(d, i) for i, d in enumerate(part)] for part in job["splits"]]

@@ -92,6 +92,7 @@ def add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     add_lenient_argument(p)
     add_device_argument(p)
+    add_quiet_argument(p)
     p.set_defaults(func=run_predict)
 
 
@@ -102,5 +103,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
     spec = record_spec(read_adapted_config(args.adapted), args.input, args.task_spec, args.task)
     method = load_adapted(args.adapted, backbone=args.backbone, bank=args.bank, device=args.device)
-    print_json(predict_file(method, args.input, args.output, spec, args.batch_size, lenient=args.lenient))
+    print_json(predict_file(method, args.input, args.output, spec, args.batch_size, lenient=args.lenient,
+                            progress=progress_arg(args)))
     return 0

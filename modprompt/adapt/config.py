@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from modprompt.config_flags import flag_help
 from modprompt.config_utils import config_from_dict
 
 #: the protocol of new runs; a saved config without a ``protocol`` key ran under protocol 1
@@ -58,17 +59,13 @@ PROTOCOL1_PATIENCE = 4
 SAVED_BEFORE = {"protocol": 1, "long_passages": "cut", "span_head": "linear"}
 
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
-
 @dataclass
 class AdaptConfig:
-    method: str = field(metadata=_help("the adaptation method (`modprompt adapt --help` lists them)"))
-    seed: int = field(default=0, metadata=_help("few-shot split (FewCLUE: 0..4) and initialisation seed"))
+    method: str = field(metadata=flag_help("the adaptation method (`modprompt adapt --help` lists them)"))
+    seed: int = field(default=0, metadata=flag_help("few-shot split (FewCLUE: 0..4) and initialisation seed"))
     protocol: int = field(
         default=PROTOCOL,
-        metadata=_help(
+        metadata=flag_help(
             "training protocol: 2, one step budget shared by a method's stages, no early stop, the best dev "
             "checkpoint (step 0 included, ties to the later step), max_length from train and dev; 1, as runs "
             "before it ran (a budget per stage, patience, ties to the earlier step, max_length also from test)",
@@ -77,19 +74,19 @@ class AdaptConfig:
     )
     k_per_label: int = field(
         default=16,
-        metadata=_help("examples per label for train and for dev, for tasks without official few-shot files"),
+        metadata=flag_help("examples per label for train and for dev, for tasks without official few-shot files"),
     )
-    max_length: int = field(default=256, metadata=_help("tokens per example (only the passage is cut)"))
+    max_length: int = field(default=256, metadata=flag_help("tokens per example (only the passage is cut)"))
     min_passage_tokens: int = field(
         default=128,
-        metadata=_help(
+        metadata=flag_help(
             "passage tokens kept at least: a task whose query and options leave fewer within max_length "
             "(CSLDCP's 67 or IFLYTEK's 119 label words) gets a longer max_length for the run, logged"
         ),
     )
     long_passages: str = field(
         default="windows",
-        metadata=_help(
+        metadata=flag_help(
             "extractive QA: a passage that does not fit max_length is read in overlapping 'windows' (training on "
             "those holding the answer, predicting the best span of all), or 'cut' at its end as before windows",
             choices=("windows", "cut"),
@@ -97,7 +94,7 @@ class AdaptConfig:
     )
     span_head: str = field(
         default="auto",
-        metadata=_help(
+        metadata=flag_help(
             "the fresh span head of pt, deep-pt, ft, child-f and child-d: 'linear', 'bilinear' (a span scored with "
             "its end token's state, modprompt.head.BilinearSpanHead) or 'auto' (bilinear on a causal backbone, "
             "linear on a bidirectional one); bank methods and prefinetune keep their own (linear) head",
@@ -106,60 +103,65 @@ class AdaptConfig:
     )
     num_tokens: int | None = field(
         default=None,
-        metadata=_help(
+        metadata=flag_help(
             "prompt tokens of pt/deep-pt (default: the bank's when one is given, else 16); bank methods use the bank's"
         ),
     )
-    router_shared: bool = field(default=False, metadata=_help("mp2: one router for all layers in stage 1 (K numbers)"))
+    router_shared: bool = field(
+        default=False, metadata=flag_help("mp2: one router for all layers in stage 1 (K numbers)")
+    )
     mp2_tune: str = field(
         default="both",
-        metadata=_help(
+        metadata=flag_help(
             "mp2 stage 2 tunes the bank's 'modules', 'projection' or 'both'", choices=("modules", "projection", "both")
         ),
     )
     lr_router: float = field(
-        default=0.2, metadata=_help("learning rate of routers (mp2 stage 1, route-only, route-per-layer)")
+        default=0.2, metadata=flag_help("learning rate of routers (mp2 stage 1, route-only, route-per-layer)")
     )
     lr_prompt: float = field(
-        default=1e-3, metadata=_help("learning rate of the bank's modules/projections in mp2 stage 2")
+        default=1e-3, metadata=flag_help("learning rate of the bank's modules/projections in mp2 stage 2")
     )
-    lr_soft_prompt: float = field(default=1e-2, metadata=_help("learning rate of pt's and deep-pt's prompts"))
-    lr_head: float = field(default=1e-3, metadata=_help("learning rate of the fresh head of pt, deep-pt and ft"))
-    lr_backbone: float = field(default=2e-5, metadata=_help("learning rate of ft's backbone"))
+    lr_soft_prompt: float = field(default=1e-2, metadata=flag_help("learning rate of pt's and deep-pt's prompts"))
+    lr_head: float = field(default=1e-3, metadata=flag_help("learning rate of the fresh head of pt, deep-pt and ft"))
+    lr_backbone: float = field(default=2e-5, metadata=flag_help("learning rate of ft's backbone"))
     init_std: float = field(
-        default=0.02, metadata=_help("deep-pt's initial prompts, in units of each layer's hidden-state RMS")
+        default=0.02, metadata=flag_help("deep-pt's initial prompts, in units of each layer's hidden-state RMS")
     )
     prefinetuned: str | None = field(
         default=None,
-        metadata=_help("prefinetune: the pre-finetuned model folder (RUN_DIR/model of `modprompt prefinetune`)"),
+        metadata=flag_help("prefinetune: the pre-finetuned model folder (RUN_DIR/model of `modprompt prefinetune`)"),
     )
-    batch_size: int = field(default=8, metadata=_help("training examples per optimiser step"))
+    batch_size: int = field(default=8, metadata=flag_help("training examples per optimiser step"))
     max_epochs: int = field(
-        default=20, metadata=_help("epochs of the train split in the step budget, before max_steps caps it")
+        default=20, metadata=flag_help("epochs of the train split in the step budget, before max_steps caps it")
     )
     max_steps: int | None = field(
         default=None,
-        metadata=_help(
+        metadata=flag_help(
             "cap on the optimiser steps: of the whole run, shared by its stages (protocol 2), or of each stage "
             "(protocol 1); 0 trains nothing and scores the start, which shows what few-shot tuning adds to it"
         ),
     )
-    eval_every: int | None = field(default=None, metadata=_help("steps between dev evaluations (default: one epoch)"))
+    eval_every: int | None = field(
+        default=None, metadata=flag_help("steps between dev evaluations (default: one epoch)")
+    )
     patience: int | None = field(
         default=None,
-        metadata=_help(
+        metadata=flag_help(
             "protocol 1 only: dev evaluations without improvement before a stage stops "
             f"(default {PROTOCOL1_PATIENCE}); protocol 2 never stops early"
         ),
     )
-    max_grad_norm: float = field(default=1.0, metadata=_help("gradient norm clip (0: none)"))
-    eval_batch_size: int = field(default=16, metadata=_help("examples per batch when scoring dev and test"))
+    max_grad_norm: float = field(default=1.0, metadata=flag_help("gradient norm clip (0: none)"))
+    eval_batch_size: int = field(default=16, metadata=flag_help("examples per batch when scoring dev and test"))
     #: CPU budget caps, the same for every method
     test_limit: int | None = field(
-        default=None, metadata=_help("score only this many test examples (a fixed subset, the same for every method)")
+        default=None,
+        metadata=flag_help("score only this many test examples (a fixed subset, the same for every method)"),
     )
     dev_limit: int | None = field(
-        default=None, metadata=_help("select on only this many dev examples (a fixed subset)")
+        default=None, metadata=flag_help("select on only this many dev examples (a fixed subset)")
     )
 
     def __post_init__(self) -> None:

@@ -180,7 +180,8 @@ def run_stage(
 
     def dev_score() -> float:
         started = time.perf_counter()
-        score = main_metric(evaluate(method.forward, encoder, dev, config.eval_batch_size))
+        # the run's bar shows the dev score: no bar of its own
+        score = main_metric(evaluate(method.forward, encoder, dev, config.eval_batch_size, progress=False))
         timing["dev_seconds"] += time.perf_counter() - started
         if bar is not None:
             bar.dev(score)

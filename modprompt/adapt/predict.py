@@ -108,8 +108,11 @@ def predict_file(
     spec: TaskSpec,
     batch_size: int = 16,
     lenient: bool = False,
+    progress: bool | None = None,
 ) -> dict:
     """Predict every record of ``input_path``, write JSON lines to ``output_path``; returns a summary.
+
+    ``progress``: a bar over the batches (None: only when stderr is a terminal).
 
     The summary's ``metrics`` score the labelled records only (empty when none is labelled); ``skipped``
     counts the malformed records that ``lenient`` (or the spec's ``lenient``) left out, with the first problems.
@@ -120,7 +123,7 @@ def predict_file(
         examples = read_records(input_path, spec, lenient)
     if not examples:
         raise ValueError(f"{input_path} holds no records")
-    predictions = predict(method.forward, method.encoder(), examples, batch_size)
+    predictions = predict(method.forward, method.encoder(), examples, batch_size, progress)
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with output_path.open("w", encoding="utf-8") as handle:

@@ -141,7 +141,7 @@ def adapt(
     summary = fit(method, encoder, train, dev, config, progress=progress)
     fit_seconds = time.perf_counter() - fit_started
     test_started = time.perf_counter()
-    metrics = evaluate(method.forward, test_encoder, test, config.eval_batch_size) if test else {}
+    metrics = evaluate(method.forward, test_encoder, test, config.eval_batch_size, progress) if test else {}
     result = {
         "method": config.method,
         "task": task,

@@ -16,49 +16,22 @@ import json
 import logging
 
 from modprompt.arguments import (
-    SPLIT_FLAGS,
-    add_config_flags,
     add_data_argument,
     add_device_argument,
     add_lenient_argument,
     add_quiet_argument,
-    config_flags,
     progress_arg,
 )
+from modprompt.blackbox.config import METHODS, PRESETS, TuneConfig
 from modprompt.blackbox.params import Limits
 from modprompt.config_flags import add_dataclass_flags, dataclass_flag_values, flag_fields
 
 logger = logging.getLogger(__name__)
 
-#: ``bbt`` flags that set TuneConfig fields of the same name (dashes for underscores)
-_TUNE_FLAGS = {
-    "router_evaluations": (int, "mp2-bb stage 1 budget (MP2: 100; cpu preset: 20)"),
-    "router_initial_points": (int, "random router points before the GP proposes (MP2: 20; cpu: 5)"),
-    "router_kappa": (float, "κ of the GP's acquisition, mean − κ·std of the loss (MP2's UCB: 2; default 2)"),
-    "router_dev_every": (int, "score the router of every N-th evaluation on dev and keep the dev-best (MP2: 10)"),
-    "router_batch": (int, "router candidates per call; default 1 (sequential BO)"),
-    "prompt_evaluations": (int, "CMA-ES budget in candidates, spent in whole rounds over the layers "
-                                "(MP2: 3000; cpu preset: 360)"),
-    "popsize": (int, "CMA-ES population (MP2: 20; cpu preset: 10)"),
-    "sigma": (float, "CMA-ES step size after the first layer (default 0.1 for mp2-bb as MP2, 0.5 for bbt/bbtv2)"),
-    "sigma_first": (float, "CMA-ES step size at the first layer (default 0.5 for mp2-bb as MP2, --sigma for "
-                           "bbt/bbtv2)"),
-    "bound": (float, "search bound of every number (default 5)"),
-    "dim": (int, "bbt/bbtv2 numbers per layer (default: the bank's n × r)"),
-    "dev_every": (int, "generations between stage-2 dev evaluations (default 5: every 100 evaluations at "
-                       "population 20, as MP2)"),
-    **SPLIT_FLAGS,
-}
-
-#: ``bbt`` flags with a fixed set of values, for TuneConfig fields of the same name: (choices, help)
-_TUNE_CHOICES = {
-    "router": (("per_layer", "shared"), "mp2-bb stage 1: one router per layer (layers × K logits, MP2's deep "
-                                        "script) or one shared by every layer (K logits); default per_layer with "
-                                        "--preset mp2, shared with --preset cpu"),
-    "bound_on": (("intrinsic", "offset"), "mp2-bb stage 2: search each layer's intrinsic vector itself within "
-                                          "±bound (MP2; default) or the offset from the routed mix (needs no "
-                                          "--bank-copy with --server)"),
-}  # fmt: skip
+#: TuneConfig fields that are not flags of their own: the method is asked for with its choices
+_NOT_FLAGS = ("method",)
+#: every other TuneConfig field is a flag of the same name (dashes for underscores), help from the field
+_FLAGS = [f.name for f in flag_fields(TuneConfig, exclude=_NOT_FLAGS)]
 
 
 def add_serve_parser(sub) -> None:
@@ -129,8 +102,7 @@ def add_bbt_parser(sub) -> None:
     task = p.add_mutually_exclusive_group(required=True)
     task.add_argument("--task", help="a downstream task (`modprompt tasks --role downstream`)")
     task.add_argument("--task-spec", help="a user task spec JSON (see examples/own_task)")
-    p.add_argument("--method", required=True, choices=["mp2-bb", "bbt", "bbtv2"])
-    p.add_argument("--seed", type=int, default=0, help="few-shot split (FewCLUE: 0..4) and optimiser seed")
+    p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument(
         "--preset",
         choices=["mp2", "cpu"],
@@ -140,7 +112,7 @@ def add_bbt_parser(sub) -> None:
     )
     add_data_argument(p)
     add_lenient_argument(p)
-    p.add_argument("--state", help="state file (default runs/blackbox/METHOD-TASK-seedS.pkl); resumed if present")
+    p.add_argument("--state", help="state file (default runs/blackbox/METHOD-TASK-seedS.state); resumed if present")
     p.add_argument("--out", help="also write the full result (with the tuned numbers and history) here")
     p.add_argument("--api-key-file", help="file whose first line is the key (default: $MODPROMPT_API_KEY)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one answer")
@@ -149,28 +121,27 @@ def add_bbt_parser(sub) -> None:
     p.add_argument("--threads", type=int, help="with --bank: torch CPU threads (default: torch's choice)")
     add_quiet_argument(p)
     add_device_argument(p, "with --bank: ")
-    add_config_flags(p, _TUNE_FLAGS)  # defaults depend on --preset and --method: the helps say them
-    for name, (choices, text) in _TUNE_CHOICES.items():
-        p.add_argument("--" + name.replace("_", "-"), choices=choices, help=text)
+    cpu = {name: f"--preset cpu: {value}" for name, value in PRESETS["cpu"].items()}
+    add_dataclass_flags(p.add_argument_group("settings (TuneConfig; the defaults are --preset mp2's)"), TuneConfig,
+                        _FLAGS, field_notes=cpu)  # fmt: skip
     p.set_defaults(func=run_bbt)
 
 
 def run_bbt(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from modprompt.blackbox.objective import InProcessObjective, RemoteObjective
-    from modprompt.blackbox.tune import TuneConfig, load_bank_modules, tune_task
     from modprompt.arguments import data_root_arg, print_json
+    from modprompt.blackbox.objective import InProcessObjective, RemoteObjective
+    from modprompt.blackbox.tune import load_bank_modules, tune_task
     from modprompt.data.readers import collect_skips, skip_summary
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the progress
-    config = TuneConfig.preset(args.preset, args.method, args.seed, **config_flags(args, _TUNE_FLAGS),
-                               **config_flags(args, _TUNE_CHOICES))
+    config = TuneConfig.preset(args.preset, args.method, **dataclass_flag_values(args, _FLAGS))
     if args.task_spec:
         from modprompt.data.spec import load_spec
 
         args.task = load_spec(args.task_spec, replace=True).name
-    state = args.state or f"runs/blackbox/{args.method}-{args.task}-seed{args.seed}.pkl"
+    state = args.state or f"runs/blackbox/{args.method}-{args.task}-seed{config.seed}.state"
     if args.bank_copy and not args.server:
         raise SystemExit("--bank-copy goes with --server (in-process, --bank's own modules are used)")
     modules = load_bank_modules(args.bank_copy) if args.bank_copy else None

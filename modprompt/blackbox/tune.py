@@ -38,10 +38,7 @@ Where ``--preset mp2`` deliberately differs from MP2's script, and why:
 * the stage-2 dimension is the bank's n × r (256 for the released bank), not MP2's d = 300 (see the README
   on the bank's representation).
 
-``PRESETS["cpu"]`` is sized for a 2-core CPU and Gemma 3 270M: a shared router (8 logits: 20 evaluations
-cannot model 144), 20 router evaluations (5 random), 360 prompt evaluations at population 10 (two rounds
-over 18 layers). That is 12% of MP2's budget and 4.5% of the 8,000 calls BBT and BBTv2 report
-(``PAPER_BUDGETS``): every method gets the same budget, and none gets its own.
+``PRESETS["cpu"]`` (:mod:`.config`) gives every method the same 2-core-CPU budget.
 """
 
 from __future__ import annotations
@@ -50,144 +47,19 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from modprompt.blackbox.cmaes import LayerwiseCMA
+from modprompt.blackbox.config import PAPER_BUDGETS, TuneConfig
 from modprompt.blackbox.objective import ExampleSet, Objective, Usage
 from modprompt.blackbox.params import Candidate, ModelInfo, Space, routed_mix
 from modprompt.blackbox.state import load_state, save_state
-from modprompt.config_utils import config_from_dict
 from modprompt.data.mrc import MRCExample
 from modprompt.progress import Progress
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("mp2-bb", "bbt", "bbtv2")
-PRESETS: dict[str, dict] = {
-    "mp2": {},  # the TuneConfig defaults are MP2's script's
-    "cpu": {"router": "shared", "router_evaluations": 20, "router_initial_points": 5, "prompt_evaluations": 360,
-            "popsize": 10},  # fmt: skip
-}
-
-#: The budget (train-set evaluations) at which each method's own work reports its results, and where it is set.
-PAPER_BUDGETS: dict[str, dict] = {
-    "mp2-bb": {"router": 100, "prompt": 3000,
-               "source": "MP2's black-box script (Hzfinfdu/MPMP Deep/deepbbt.py: --budget_router 100, "
-                         "--budget_prompt 3000)"},
-    "bbt": {"router": 0, "prompt": 8000,
-            "source": "BBT's script (txsun1997/Black-Box-Tuning bbt.py: --budget 8000)"},
-    "bbtv2": {"router": 0, "prompt": 8000,
-              "source": "BBTv2's script (txsun1997/Black-Box-Tuning deepbbt.py: --budget 8000)"},
-}  # fmt: skip
-
-#: What the fields added when mp2-bb was made to follow MP2's script meant before, for configs saved without
-#: them (stored results and run states of then): the router with the lowest train loss, scikit-optimize's
-#: default acquisition, one σ at every layer, the bound on the offset from the routed mix.
-_BEFORE_MP2_FIDELITY = {"router_kappa": None, "router_dev_every": None, "sigma_first": "same", "bound_on": "offset"}
-
-
-@dataclass
-class TuneConfig:
-    method: str
-    seed: int = 0
-    #: examples per label for train (and dev) of tasks without official few-shot files
-    k_per_label: int = 16
-    #: mp2-bb stage 1: "per_layer" (layers × K logits, MP2's deep black-box script) or "shared" (K logits
-    #: for every layer: MP2's shallow script's 8 numbers, spread over every layer here)
-    router: str = "per_layer"
-    router_evaluations: int = 100
-    #: random router points before the GP proposes (MP2: 20)
-    router_initial_points: int = 20
-    #: the acquisition's κ: the GP proposes the router of the lowest ``mean − κ·std`` of the train loss
-    #: (MP2: UCB with κ = 2); None: scikit-optimize's default acquisition (modprompt's before it followed MP2)
-    router_kappa: float | None = 2.0
-    #: the router of every N-th evaluation is scored on dev, and the dev-best is kept (MP2: 10);
-    #: None: keep the router with the lowest train loss (modprompt's rule before it followed MP2)
-    router_dev_every: int | None = 10
-    #: router candidates per call (skopt's constant-liar batch); 1 is plain sequential BO
-    router_batch: int = 1
-    #: CMA-ES budget in candidates, spent in whole rounds over the searched layers (as MP2's and BBTv2's scripts)
-    prompt_evaluations: int = 3000
-    popsize: int = 20
-    #: CMA-ES step size at every searched layer but the first; None: 0.1 for mp2-bb (MP2's sigma2), 0.5 for
-    #: bbt/bbtv2 (BBTv2's)
-    sigma: float | None = None
-    #: the first searched layer's step size; None: 0.5 for mp2-bb (MP2's sigma1), ``sigma`` for bbt/bbtv2;
-    #: "same": ``sigma`` (how configs saved before this field read)
-    sigma_first: float | str | None = None
-    bound: float = 5.0
-    #: what ±bound bounds in mp2-bb stage 2: "intrinsic", each layer's intrinsic vector itself (MP2), or
-    #: "offset", the offset from the routed mix (modprompt's before; needs no copy of the bank's modules)
-    bound_on: str = "intrinsic"
-    #: bbt/bbtv2 numbers per layer; None: the model's intrinsic size n × r (MP2's stage-2 dimension)
-    dim: int | None = None
-    #: generations between stage-2 dev evaluations (MP2: every 100 evaluations, 5 generations at population
-    #: 20); None: one round over the searched layers
-    dev_every: int | None = 5
-    #: CPU budget caps: score only the first N of a fixed shuffle of the test (dev) set
-    test_limit: int | None = None
-    dev_limit: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown black-box method {self.method!r}; expected one of {METHODS}")
-        if self.router not in ("shared", "per_layer"):
-            raise ValueError(f"router must be 'shared' or 'per_layer', not {self.router!r}")
-        if self.bound_on not in ("intrinsic", "offset"):
-            raise ValueError(f"bound_on must be 'intrinsic' or 'offset', not {self.bound_on!r}")
-        for name in ("router_initial_points", "router_batch", "popsize"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("router_evaluations", "prompt_evaluations"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
-        for name in ("router_dev_every", "dev_every"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive or None, got {getattr(self, name)}")
-        if self.sigma_first != "same" and self.sigma_first is not None and not self.sigma_first > 0:
-            raise ValueError(f"sigma_first must be positive, 'same' or None, got {self.sigma_first!r}")
-        if self.bound <= 0 or (self.sigma is not None and self.sigma <= 0):
-            raise ValueError("bound and sigma must be positive")
-        if self.router_kappa is not None and self.router_kappa < 0:
-            raise ValueError(f"router_kappa must not be negative, got {self.router_kappa}")
-
-    @classmethod
-    def preset(cls, name: str, method: str, seed: int = 0, **overrides) -> TuneConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
-        return cls(method, seed, **{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
-
-    @property
-    def step_sizes(self) -> tuple[float, float]:
-        """CMA-ES σ at the first searched layer and at the others."""
-        rest = self.sigma if self.sigma is not None else (0.1 if self.method == "mp2-bb" else 0.5)
-        if self.sigma_first == "same":
-            return rest, rest
-        if self.sigma_first is not None:
-            return float(self.sigma_first), rest
-        return (0.5 if self.method == "mp2-bb" else rest), rest
-
-    @property
-    def searches_intrinsic(self) -> bool:
-        """mp2-bb stage 2 sends each layer's (bounded) intrinsic vector, not an offset from the routed mix."""
-        return self.method == "mp2-bb" and self.bound_on == "intrinsic"
-
-    def generations(self, layers: int) -> int:
-        """CMA-ES generations: whole rounds over ``layers`` searched layers, as MP2's and BBTv2's scripts
-        spend ``budget // (popsize × layers)`` rounds (a remainder is left unspent)."""
-        return self.prompt_evaluations // (self.popsize * layers) * layers
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TuneConfig:
-        """A saved config; one saved before a field existed reads it as what the code of then did."""
-        return config_from_dict(cls, {**_BEFORE_MP2_FIDELITY, **data}, "black-box")
-
 
 def _combine(a: dict, b: dict, sign: int = 1) -> dict:
     """Counters ``a + sign * b`` field by field (the layer-cache counters included)."""

@@ -287,7 +287,7 @@ class MultiTaskTrainer:
         objective.module.eval()
         started = time.perf_counter()
         results = {
-            task: evaluate(objective.forward, objective.encoder, examples, self.config.eval_batch_size)
+            task: evaluate(objective.forward, objective.encoder, examples, self.config.eval_batch_size, progress=False)
             for task, examples in self.held_out.items()
         }
         self.evaluations.append({"step": self.step, "results": results})
