@@ -1,11 +1,9 @@
-"""Settings read back from what was saved: dataclasses from their dicts, and the JSON configs of saved folders
-(banks, adapted tasks, pre-finetuned models, run results)."""
+"""Settings read back from what was saved: dataclasses from their dicts (saved folders' configs, run results).
+A saved folder itself is read by :mod:`modprompt.saved`."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
-from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -21,18 +19,3 @@ def config_from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
     if unknown:
         raise ValueError(f"unknown {what} config keys: {sorted(unknown)}")
     return cls(**data)
-
-
-def read_saved_config(directory: str | Path, name: str, version: int, what: str) -> dict[str, Any]:
-    """The JSON file ``name`` a ``save_pretrained`` wrote into ``directory``, checked to be of format ``version``.
-
-    A folder without it, or one written in another format, is an error naming the folder and ``what`` it
-    should have held (e.g. "prompt bank").
-    """
-    path = Path(directory) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} holds no {what} ({name} missing)")
-    meta = json.loads(path.read_text())
-    if meta.get("format_version") != version:
-        raise ValueError(f"{path}: {what} format {meta.get('format_version')}, expected {version}")
-    return meta

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import subprocess
 import sys
 from dataclasses import replace
@@ -18,10 +19,10 @@ from tiny import random_bank
 from modprompt.adapt.cli import add_adapt, add_predict
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.loop import dev_evaluations, fit, run_stage, split_budget
-from modprompt.adapt.methods import WEIGHTS_NAME, create_method
+from modprompt.adapt.methods import WEIGHTS_NAME, AdaptMethod, create_method, read_adapted_config
 from modprompt.adapt.predict import builtin_record_spec, predict_file, record_spec
 from modprompt.adapt.registry import METHODS
-from modprompt.adapt.run import adapt, fit_max_length, load_adapted, read_adapted_config
+from modprompt.adapt.run import adapt, fit_max_length
 from modprompt.backbone import load_backbone
 from modprompt.checksum import file_sha256
 from modprompt.data.fewshot import fewshot_splits, subset
@@ -130,6 +131,20 @@ def test_every_adapt_flag_is_generated_from_its_field_and_sets_it():
     assert {name: getattr(config, name) for name in given} == given and config.router_shared
     untouched = parser.parse_args(["adapt", "--task", "eprstmt", "--method", "pt"])
     assert AdaptConfig("pt", **dataclass_flag_values(untouched, _FLAGS)) == AdaptConfig("pt")  # defaults stay
+
+
+def test_a_setting_the_method_does_not_read_is_refused(decoder, caplog):
+    from modprompt.adapt.config import METHOD_SETTINGS
+    from modprompt.adapt.methods import unused_settings
+
+    assert all(METHODS[m].settings <= METHOD_SETTINGS for m in METHODS)
+    assert set(unused_settings("pt")) == METHOD_SETTINGS - {"num_tokens", "lr_soft_prompt", "lr_head"}
+    with pytest.raises(SystemExit, match=r"method pt does not use --lr-router \(used by mp2, route-only, "
+                                         r"route-per-layer\); --mp2-tune \(used by mp2\)$"):  # fmt: skip
+        cli(["adapt", "--task", "eprstmt", "--method", "pt", "--mp2-tune", "modules", "--lr-router", "0.5"])
+    with caplog.at_level(logging.WARNING, logger="modprompt.adapt.methods"):  # the library warns instead
+        create_method(decoder, AdaptConfig("pt", mp2_tune="modules", num_tokens=4), "eprstmt")
+    assert [r.getMessage() for r in caplog.records] == ["method pt does not read mp2_tune: ignored"]
 
 
 def test_the_parser_imports_no_torch():
@@ -340,8 +355,8 @@ def test_adapted_files_round_trip_every_method(decoder, bank, eprstmt, tmp_path)
         if name == "deep-pt":
             assert (method.layer_scale != 1).all()  # measured on the task's examples, saved with the prompts
         fit(method, encoder, train, [], config)
-        method.save(tmp_path / name)
-        loaded = load_adapted(tmp_path / name, backbone=decoder)
+        method.save_pretrained(tmp_path / name)
+        loaded = AdaptMethod.from_pretrained(tmp_path / name, backbone=decoder)
         batch = encoder.collate(encoder.encode_all(test[:4]))
         tasks = ["eprstmt"] * 4
         for a, b in zip(method(batch, tasks), loaded(batch, tasks)):
@@ -355,14 +370,14 @@ def test_adapted_files_round_trip_every_method(decoder, bank, eprstmt, tmp_path)
 def test_runs_saved_before_windows_and_the_bilinear_head_reopen_as_they_ran(decoder, bank, eprstmt, tmp_path):
     # A pt run as saved before long_passages and span_head existed: linear head tensors, no key for either.
     method = create_method(decoder, AdaptConfig("pt", span_head="linear", **FAST), "eprstmt", bank)
-    method.save(tmp_path / "old")
+    method.save_pretrained(tmp_path / "old")
     path = tmp_path / "old" / "adapted_config.json"
     meta = json.loads(path.read_text())
     assert {"head.proj.weight", "head.proj.bias"} <= set(meta["tensors"]) and meta["config"]["span_head"] == "linear"
     for key in ("span_head", "long_passages"):
         del meta["config"][key]
     path.write_text(json.dumps(meta))
-    loaded = load_adapted(tmp_path / "old", backbone=decoder)
+    loaded = AdaptMethod.from_pretrained(tmp_path / "old", backbone=decoder)
     assert type(loaded.head).__name__ == "SpanHead" and not loaded.encoder().config.windows
     assert loaded.config.long_passages == "cut"
     new = create_method(decoder, AdaptConfig("pt", **FAST), "eprstmt", bank)  # a new run on a causal backbone
@@ -430,7 +445,7 @@ def test_own_task_spec_adapt_and_predict(decoder, data_root, tmp_path):
     result = adapt(config, None, data_root, backbone=decoder, task_spec=spec, out=tmp_path / "kefu")
     assert result["task"] == "kefu_intent" and result["examples"] == {"train": 20, "dev": 20, "test": 20}
     assert json.loads((tmp_path / "kefu" / "adapted_config.json").read_text())["task_spec"] == str(spec)
-    method = load_adapted(tmp_path / "kefu", backbone=decoder)
+    method = AdaptMethod.from_pretrained(tmp_path / "kefu", backbone=decoder)
     record = record_spec(read_adapted_config(tmp_path / "kefu"), spec.parent / "test.jsonl")
     summary = predict_file(method, spec.parent / "test.jsonl", tmp_path / "p.jsonl", record)
     assert summary["records"] == 20 and summary["metrics"]["accuracy"] == result["test"]["accuracy"]
@@ -451,12 +466,12 @@ def test_predict_errors_name_the_file_and_line(decoder, bank, tmp_path):
 def test_a_changed_bank_is_refused(decoder, tmp_path, monkeypatch):
     import shutil
 
-    from modprompt.adapt import run as run_module
+    from modprompt.adapt import methods as methods_module
 
     bank = make_bank(decoder, tmp_path / "bank")
     method = create_method(decoder, AdaptConfig("route-only"), "eprstmt", bank)
-    method.save(tmp_path / "adapted")
-    load_adapted(tmp_path / "adapted", backbone=decoder)  # the same bank: fine
+    method.save_pretrained(tmp_path / "adapted")
+    AdaptMethod.from_pretrained(tmp_path / "adapted", backbone=decoder)  # the same bank: fine
     model = ModularPromptModel.from_pretrained(bank, decoder)
     with torch.no_grad():
         model.bank.modules_z.add_(1.0)
@@ -464,12 +479,12 @@ def test_a_changed_bank_is_refused(decoder, tmp_path, monkeypatch):
     shutil.copytree(bank, shipped / "old-release")  # the bank it was adapted from, as a shipped earlier release
     model.save_pretrained(bank)
     with pytest.raises(ValueError, match="sha256 differs"):
-        load_adapted(tmp_path / "adapted", backbone=decoder)
-    monkeypatch.setattr(run_module, "SHIPPED_BANKS", shipped)
+        AdaptMethod.from_pretrained(tmp_path / "adapted", backbone=decoder)
+    monkeypatch.setattr(methods_module, "SHIPPED_BANKS", shipped)
     # The bank is checked before any backbone is loaded, and the error names the shipped bank that fits.
-    monkeypatch.setattr(run_module, "resolve_backbone", lambda *a: pytest.fail("backbone loaded before the bank check"))
+    monkeypatch.setattr(methods_module, "resolve_backbone", lambda *a: pytest.fail("backbone loaded before the bank check"))
     with pytest.raises(ValueError, match=f"pass --bank {shipped / 'old-release'}"):
-        load_adapted(tmp_path / "adapted")
+        AdaptMethod.from_pretrained(tmp_path / "adapted")
 
 
 def _fewshot_benchmark(monkeypatch):

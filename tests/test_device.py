@@ -16,7 +16,8 @@ from blackbox_helpers import MAX_LENGTH, examples, tiny_bank
 from test_adapt import FAST, cli, make_bank
 
 from modprompt.adapt.config import AdaptConfig
-from modprompt.adapt.run import adapt, load_adapted
+from modprompt.adapt.methods import AdaptMethod
+from modprompt.adapt.run import adapt
 from modprompt.backbone import load_backbone
 from modprompt.blackbox.params import Candidate, Space
 from modprompt.blackbox.scoring import Scorer
@@ -79,8 +80,9 @@ def test_adapt_on_the_gpu_follows_the_cpu_run(name, tiny_decoder, data_root, tmp
         assert a["evaluations"][0]["dev"] == b["evaluations"][0]["dev"]  # the same start
         assert b["evaluations"][1]["loss"] == pytest.approx(a["evaluations"][1]["loss"], rel=1e-3)
     # Adapted on the GPU, reopened on the CPU: the same predictions as on the GPU.
-    on_gpu = load_adapted(tmp_path / "cuda", backbone=tiny_decoder, bank=tmp_path / "bank", device="cuda")
-    on_cpu = load_adapted(tmp_path / "cuda", backbone=tiny_decoder, bank=tmp_path / "bank", device="cpu")
+    saved = {"backbone": tiny_decoder, "bank": tmp_path / "bank"}
+    on_gpu = AdaptMethod.from_pretrained(tmp_path / "cuda", **saved, device="cuda")
+    on_cpu = AdaptMethod.from_pretrained(tmp_path / "cuda", **saved, device="cpu")
     _, _, test = fewshot_splits("eprstmt", 0, data_root)
     batch = on_cpu.encoder().collate(on_cpu.encoder().encode_all(test[:8]))
     gpu_batch = on_gpu.encoder().collate(on_gpu.encoder().encode_all(test[:8]))

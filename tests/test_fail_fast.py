@@ -11,7 +11,7 @@ from modprompt.adapt.predict import record_spec
 
 
 def test_predict_names_a_missing_input_before_any_model_is_loaded(tmp_path):
-    # record_spec is the first thing `modprompt predict` does, before load_adapted loads the backbone.
+    # record_spec is the first thing `modprompt predict` does, before AdaptMethod.from_pretrained loads the backbone.
     with pytest.raises(FileNotFoundError, match="input file not found: .*missing.jsonl"):
         record_spec({"task": "eprstmt", "task_spec": None}, tmp_path / "missing.jsonl")
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from modprompt.adapt.config import AdaptConfig
+from modprompt.adapt.methods import AdaptMethod, read_adapted_config
 from modprompt.adapt.predict import predict_file, record_spec
-from modprompt.adapt.run import adapt, load_adapted, read_adapted_config
+from modprompt.adapt.run import adapt
 from modprompt.backbone import load_backbone
 from modprompt.cli import main as cli
 
@@ -69,7 +70,7 @@ def test_dialogue_example_through_the_python_api(tiny_decoder, data_root, tmp_pa
     config = AdaptConfig("pt", k_per_label=4, num_tokens=4, max_steps=2, eval_every=2, batch_size=4)
     result = adapt(config, None, data_root, backbone=backbone, task_spec=MC_SPEC, out=tmp_path / "mc")
     assert (result["task"], result["examples"]) == ("duihua_mc", {"train": 4, "dev": 4, "test": 9})
-    method = load_adapted(tmp_path / "mc", backbone=backbone)
+    method = AdaptMethod.from_pretrained(tmp_path / "mc", backbone=backbone)
     test = MC_SPEC.parent / "test.json"
     spec = record_spec(read_adapted_config(tmp_path / "mc"), test)
     summary = predict_file(method, test, tmp_path / "p.jsonl", spec)

@@ -19,10 +19,8 @@ from modprompt.baselines.prefinetune import (
     BACKBONE_WEIGHTS,
     PrefinetuneConfig,
     SpanModel,
-    load_prefinetuned,
     log_option_scaled_loss,
     prefinetune,
-    save_prefinetuned,
 )
 from modprompt.baselines.prefinetune_cli import add_parser
 from modprompt.checksum import file_sha256
@@ -112,7 +110,7 @@ def test_prefinetune_trains_everything_on_mixed_batches_and_resumes_exactly(
     resumed = prefinetune(config, tmp_path / "b", data_root)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
 
-    a, b = load_prefinetuned(tmp_path / "a" / "model"), load_prefinetuned(tmp_path / "b" / "model")
+    a, b = SpanModel.from_pretrained(tmp_path / "a" / "model"), SpanModel.from_pretrained(tmp_path / "b" / "model")
     assert a.backbone.causal  # the decoder is still loaded as a decoder
     state_a, state_b = a.state_dict(), b.state_dict()
     assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
@@ -132,8 +130,8 @@ def test_saved_model_reloads_identically(kind, request, tmp_path, tiny_decoder):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # weights no fresh load of the source has
-    save_prefinetuned(model, tmp_path / "model", str(path))
-    loaded = load_prefinetuned(tmp_path / "model")
+    model.save_pretrained(tmp_path / "model", str(path))
+    loaded = SpanModel.from_pretrained(tmp_path / "model")
     encoder = MRCEncoder(model.backbone.tokenizer, EncodingConfig(96))
     batch = encoder.collate(encoder.encode_all(HAND))
     model.eval(), loaded.eval()
@@ -141,7 +139,7 @@ def test_saved_model_reloads_identically(kind, request, tmp_path, tiny_decoder):
         for x, y in zip(model(batch), loaded(batch)):
             assert torch.equal(x, y)
     with pytest.raises(ValueError, match="model_type"):
-        load_prefinetuned(tmp_path / "model", tiny_decoder)
+        SpanModel.from_pretrained(tmp_path / "model", tiny_decoder)
 
 
 def test_shipped_config_matches_the_prompt_bank_budget(tmp_path):
@@ -168,7 +166,7 @@ def test_prefinetune_method_starts_from_the_prefinetuned_model(tiny_decoder, tmp
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    save_prefinetuned(model, tmp_path / "model", str(tiny_decoder))
+    model.save_pretrained(tmp_path / "model", str(tiny_decoder))
     backbone = load_backbone(tiny_decoder)
     shared = backbone.body.get_input_embeddings().weight.detach().clone()
     method = create_method(backbone, AdaptConfig(method="prefinetune", prefinetuned=str(tmp_path / "model")), "senti")

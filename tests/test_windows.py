@@ -11,9 +11,9 @@ from transformers import PreTrainedTokenizerFast
 
 from modprompt.adapt import loop
 from modprompt.adapt.config import AdaptConfig
-from modprompt.adapt.methods import Stage
+from modprompt.adapt.methods import AdaptMethod, Stage
 from modprompt.adapt.predict import predict_file
-from modprompt.adapt.run import adapt, load_adapted
+from modprompt.adapt.run import adapt
 from modprompt.backbone import load_backbone
 from modprompt.data.spec import read_spec
 from modprompt.data.encoding import EncodingConfig, MRCEncoder, span_to_text, training_windows
@@ -190,8 +190,8 @@ def test_adapt_and_predict_read_a_user_task_in_windows(tiny_decoder, data_root, 
         runs[passages] = adapt(config, None, data_root, task_spec=spec, backbone=backbone, out=tmp_path / passages)
     windowed, cut = runs["windows"], runs["cut"]
     assert windowed["train_windows"] > windowed["examples"]["train"] == cut["train_windows"]
-    method = load_adapted(tmp_path / "windows", backbone=backbone)
+    method = AdaptMethod.from_pretrained(tmp_path / "windows", backbone=backbone)
     assert method.encoder().config.windows
-    assert not load_adapted(tmp_path / "cut", backbone=backbone).encoder().config.windows
+    assert not AdaptMethod.from_pretrained(tmp_path / "cut", backbone=backbone).encoder().config.windows
     summary = predict_file(method, spec.parent / "test.json", tmp_path / "p.jsonl", read_spec(spec))
     assert summary["metrics"] == windowed["test"]

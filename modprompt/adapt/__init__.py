@@ -1,8 +1,9 @@
 """Few-shot adaptation of a pre-trained prompt bank (MP2) and of the baselines, under one loop.
 
-``config`` (AdaptConfig), ``registry`` (the methods by name: METHODS), ``methods`` (one class per method,
-saving and loading the adapted parameters), ``loop`` (training for a step budget, selecting on the dev set), ``run``
-(one run end to end: :func:`adapt`, :func:`load_adapted`), ``predict`` (a user's file -> JSON lines), ``cli``.
+``config`` (AdaptConfig), ``registry`` (the methods by name: METHODS), ``methods`` (one class per method;
+``AdaptMethod.save_pretrained`` / ``from_pretrained`` save and reopen the adapted parameters), ``loop``
+(training for a step budget, selecting on the dev set), ``run`` (one run end to end: :func:`adapt`),
+``predict`` (a user's file -> JSON lines), ``cli``.
 
 The names below load on first use, so that the ``modprompt`` parser (which reads AdaptConfig's
 defaults) imports no torch: ``modprompt --help`` answers at once.
@@ -21,7 +22,6 @@ _EXPORTS = {
     "create_method": "modprompt.adapt.methods",
     "register_method": "modprompt.adapt.registry",
     "adapt": "modprompt.adapt.run",
-    "load_adapted": "modprompt.adapt.run",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # the same names, for type checkers (``as`` marks them as re-
     from modprompt.adapt.registry import METHODS as METHODS
     from modprompt.adapt.registry import register_method as register_method
     from modprompt.adapt.run import adapt as adapt
-    from modprompt.adapt.run import load_adapted as load_adapted
 
 
 def __getattr__(name: str) -> Any:

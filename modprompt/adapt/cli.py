@@ -49,11 +49,20 @@ def add_adapt(sub) -> None:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
+    from modprompt.adapt.methods import unused_settings
+    from modprompt.adapt.registry import METHODS
     from modprompt.adapt.run import adapt
     from modprompt.arguments import data_root_arg, print_json
     from modprompt.data.readers import collect_skips, skip_summary
 
-    config = AdaptConfig(args.method, **dataclass_flag_values(args, _FLAGS))
+    given = dataclass_flag_values(args, _FLAGS)
+    # A flag that would change nothing is a mistake to hear of, not a silent no-op.
+    unused = [name for name in unused_settings(args.method) if name in given]
+    if unused:
+        readers = {name: ", ".join(m for m in METHODS if name in METHODS[m].settings) for name in unused}
+        flags = "; ".join(f"--{name.replace('_', '-')} (used by {readers[name]})" for name in unused)
+        raise SystemExit(f"method {args.method} does not use {flags}")
+    config = AdaptConfig(args.method, **given)
     with collect_skips() as skipped:
         result = adapt(
             config,
@@ -97,12 +106,12 @@ def add_predict(sub) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from modprompt.adapt.methods import AdaptMethod, read_adapted_config
     from modprompt.adapt.predict import predict_file, record_spec
-    from modprompt.adapt.run import load_adapted, read_adapted_config
     from modprompt.arguments import print_json
 
     spec = record_spec(read_adapted_config(args.adapted), args.input, args.task_spec, args.task)
-    method = load_adapted(args.adapted, backbone=args.backbone, bank=args.bank, device=args.device)
+    method = AdaptMethod.from_pretrained(args.adapted, backbone=args.backbone, bank=args.bank, device=args.device)
     print_json(predict_file(method, args.input, args.output, spec, args.batch_size, lenient=args.lenient,
                             progress=progress_arg(args)))
     return 0

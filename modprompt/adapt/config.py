@@ -53,6 +53,12 @@ from modprompt.config_utils import config_from_dict
 #: the protocol of new runs; a saved config without a ``protocol`` key ran under protocol 1
 PROTOCOL = 2
 PROTOCOLS = (1, 2)
+#: the fields that only some methods read (each method names its own in ``AdaptMethod.settings``); the rest
+#: are the loop's and the data's, read for every method
+METHOD_SETTINGS = frozenset({
+    "num_tokens", "router_shared", "mp2_tune", "lr_router", "lr_prompt", "lr_soft_prompt", "lr_head", "lr_backbone",
+    "init_std", "prefinetuned",
+})  # fmt: skip
 #: protocol 1's patience when none was set (the default those runs had)
 PROTOCOL1_PATIENCE = 4
 #: what a saved config that lacks these keys ran with (they came later)

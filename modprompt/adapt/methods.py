@@ -40,7 +40,6 @@ sees the same network and a run is deterministic given its seed.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -50,19 +49,23 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from modprompt.adapt.config import AdaptConfig
+from modprompt.adapt.config import METHOD_SETTINGS, AdaptConfig
 from modprompt.adapt.registry import METHODS, register_method
-from modprompt.backbone import Backbone
+from modprompt.backbone import Backbone, check_backbone, resolve_backbone
 from modprompt.checksum import file_sha256
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.mrc import MRCExample
+from modprompt.device import resolve_device
 from modprompt.head import make_span_head, resolve_span_head
+from modprompt.hooks import hooked
 from modprompt.modular.model import PROMPT_OFFSET, ModularPromptModel, PromptInjector, layer_rms, read_bank_config
+from modprompt.modular.model import SHIPPED_BANKS
 from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.router import annealed_temperature
+from modprompt.saved import read_folder_config, write_folder
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +109,8 @@ class AdaptMethod(nn.Module, ABC):
     extra_state: ClassVar[tuple[str, ...]] = ()
     #: the method trains a fresh span head of ``config.span_head``; else it keeps a pre-trained (linear) one
     fresh_head: ClassVar[bool] = False
+    #: the fields of :data:`~modprompt.adapt.config.METHOD_SETTINGS` that this method reads
+    settings: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None):
         super().__init__()
@@ -178,7 +183,6 @@ class AdaptMethod(nn.Module, ABC):
         if self.needs_bank:
             bank = {"path": str(self.bank_dir), "sha256": file_sha256(self.bank_dir / BANK_WEIGHTS)}
         return {
-            "format_version": FORMAT_VERSION,
             "method": self.name,
             "task": self.task,
             "config": self.config.to_dict(),
@@ -188,15 +192,50 @@ class AdaptMethod(nn.Module, ABC):
             "trainable_parameters": self.trainable_parameters(),
         }
 
-    def save(self, directory: str | Path, extra: dict | None = None) -> Path:
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
         """Write only the adapted tensors (safetensors) and :meth:`identity` plus ``extra`` (JSON)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = self.state_dict(keep_vars=True)
-        save_file({k: state[k].detach().contiguous() for k in self.adapted_names()}, directory / WEIGHTS_NAME)
         meta = {**self.identity(), "tensors": self.adapted_names(), **(extra or {})}
-        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        return directory
+        tensors = {k: state[k] for k in self.adapted_names()}
+        return write_folder(directory, CONFIG_NAME, FORMAT_VERSION, meta, {WEIGHTS_NAME: tensors})
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        backbone: Backbone | str | Path | None = None,
+        bank: str | Path | None = None,
+        device: torch.device | str | None = None,
+    ) -> AdaptMethod:
+        """Reopen a saved adaptation, whatever its method: its backbone (the recorded one by default), its
+        bank, its tensors, on ``device`` (:func:`~modprompt.device.resolve_device`; None: where the backbone is).
+
+        A bank method needs the very bank it was adapted from: the recorded path by default, or ``bank``;
+        a bank whose weights changed since (another sha256) is an error.
+        """
+        meta = read_adapted_config(directory)
+        # The bank is checked before the backbone loads: a wrong bank should fail in a second, not after Gemma.
+        bank_dir = None
+        if meta["bank"] is not None:
+            bank_dir = Path(bank or meta["bank"]["path"])
+            weights = bank_dir / BANK_WEIGHTS
+            if not weights.is_file():
+                raise FileNotFoundError(f"the bank {bank_dir} that {directory} was adapted from is not there; pass --bank")
+            if file_sha256(weights) != meta["bank"]["sha256"]:
+                shipped = [p.parent for p in sorted(SHIPPED_BANKS.glob(f"*/{BANK_WEIGHTS}"))
+                           if file_sha256(p) == meta["bank"]["sha256"]]  # fmt: skip
+                hint = f"; the shipped bank {shipped[0]} is that one: pass --bank {shipped[0]}" if shipped else ""
+                raise ValueError(
+                    f"bank {bank_dir} is not the bank {directory} was adapted from (its sha256 differs){hint}"
+                )
+        backbone = resolve_backbone(backbone, meta["backbone"])
+        check_backbone(meta["backbone"], backbone, f"adapted task {directory}")
+        config = AdaptConfig.from_dict(meta["config"])
+        if config.method not in METHODS:
+            raise KeyError(f"{directory} was adapted with method {config.method!r}, which is not registered here")
+        method = METHODS[config.method](backbone, config, meta["task"], bank_dir)
+        method.load_adapted_tensors(directory)
+        return method.to(resolve_device(device) if device is not None else backbone.device)
 
     def load_adapted_tensors(self, directory: str | Path) -> None:
         """Overwrite the adapted tensors with those saved in ``directory``."""
@@ -218,6 +257,11 @@ class AdaptMethod(nn.Module, ABC):
                 state[name].copy_(value)
 
 
+def read_adapted_config(directory: str | Path) -> dict:
+    """The JSON config of the adapted task saved in ``directory`` (method, task, backbone, bank, settings)."""
+    return read_folder_config(directory, CONFIG_NAME, FORMAT_VERSION, "adapted task")
+
+
 # -- bank methods: mp2, route-only, route-per-layer -------------------------------------------------
 
 
@@ -225,6 +269,7 @@ class _BankMethod(AdaptMethod):
     """A fresh router for the task over the pre-trained bank; bank, head and backbone frozen."""
 
     needs_bank = True
+    settings = frozenset({"lr_router"})
     shared_router: ClassVar[bool]
 
     def __init__(self, backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None):
@@ -259,6 +304,7 @@ class _BankMethod(AdaptMethod):
 
 class MP2(_BankMethod):
     name = "mp2"
+    settings = _BankMethod.settings | {"router_shared", "mp2_tune", "lr_prompt"}
 
     def _shared(self) -> bool:
         return self.config.router_shared
@@ -313,6 +359,7 @@ class PromptTuning(AdaptMethod):
     """
 
     name = "pt"
+    settings = frozenset({"num_tokens", "lr_soft_prompt", "lr_head"})
     extra_state = ("scale",)
     fresh_head = True
 
@@ -363,11 +410,8 @@ class PromptTuning(AdaptMethod):
             prompt = soft.to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
             return torch.cat([output[:, :start], prompt, output[:, stop:]], dim=1)
 
-        handle = self.backbone.body.get_input_embeddings().register_forward_hook(replace)
-        try:
+        with hooked([(self.backbone.body.get_input_embeddings(), replace)]):
             yield
-        finally:
-            handle.remove()
 
     def forward(self, batch, tasks, temperature=None, generator=None):
         with self._soft_tokens():
@@ -391,6 +435,7 @@ class DeepPromptTuning(AdaptMethod):
     """
 
     name = "deep-pt"
+    settings = frozenset({"num_tokens", "lr_soft_prompt", "lr_head", "init_std"})
     extra_state = ("layer_scale",)
     fresh_head = True
 
@@ -438,6 +483,7 @@ class FineTuning(AdaptMethod):
     """
 
     name = "ft"
+    settings = frozenset({"lr_backbone", "lr_head"})
     fresh_head = True
 
     def __init__(self, backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None):
@@ -468,10 +514,24 @@ for _cls in (MP2, RouteOnly, RoutePerLayer, PromptTuning, DeepPromptTuning, Fine
     register_method(_cls)
 
 
+def unused_settings(method: str) -> list[str]:
+    """The method-specific settings (:data:`~modprompt.adapt.config.METHOD_SETTINGS`) that ``method`` does
+    not read."""
+    return sorted(METHOD_SETTINGS - METHODS[method].settings)
+
+
 def create_method(
     backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None
 ) -> AdaptMethod:
-    """Build ``config.method`` for ``task``, its random parts initialised from ``config.seed``."""
+    """Build ``config.method`` for ``task``, its random parts initialised from ``config.seed``.
+
+    A setting the method does not read (:func:`unused_settings`) is logged as ignored; ``modprompt adapt``
+    refuses it outright.
+    """
     cls = METHODS[config.method]
+    defaults = AdaptConfig(config.method)
+    ignored = [name for name in unused_settings(config.method) if getattr(config, name) != getattr(defaults, name)]
+    if ignored:
+        logger.warning("method %s does not read %s: ignored", config.method, ", ".join(sorted(ignored)))
     torch.manual_seed(config.seed)
     return cls(backbone, config, task, bank_dir)

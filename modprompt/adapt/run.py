@@ -3,7 +3,8 @@
 :func:`adapt` is what ``modprompt adapt`` and ``benchmarks/fewshot.py`` call: the task (resolved once) ->
 few-shot splits -> method -> each split encoded once -> training under the config's protocol, selecting on
 dev (:mod:`modprompt.adapt.loop`) -> test metrics -> (optionally) the adapted files -> a JSON-able result.
-:func:`load_adapted` reopens the adapted files on their backbone (and bank) for prediction.
+:meth:`AdaptMethod.from_pretrained <modprompt.adapt.methods.AdaptMethod.from_pretrained>` reopens the adapted
+files on their backbone (and bank) for prediction.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import torch
 
 from modprompt.adapt.config import AdaptConfig
 from modprompt.adapt.loop import CachedEncoder, fit
-from modprompt.adapt.methods import CONFIG_NAME, DEFAULT_NUM_TOKENS, FORMAT_VERSION, AdaptMethod, create_method
+from modprompt.adapt.methods import DEFAULT_NUM_TOKENS, create_method
 from modprompt.adapt.registry import METHODS
 from modprompt.backbone import Backbone, check_backbone, resolve_backbone
 from modprompt.checksum import file_sha256
-from modprompt.config_utils import read_saved_config
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.fewshot import fewshot_splits, subset
 from modprompt.data.mrc import MRCExample, TaskKind
@@ -30,7 +30,6 @@ from modprompt.data.task import Task, get_task
 from modprompt.device import resolve_device
 from modprompt.evaluate import evaluate, main_metric
 from modprompt.head import resolve_span_head
-from modprompt.modular.model import SHIPPED_BANKS
 from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.model import read_bank_config
 
@@ -176,47 +175,7 @@ def adapt(
     }
     if out is not None:
         brief = {k: v for k, v in result.items() if k not in ("stages", "config")}
-        method.save(out, extra={"task_spec": str(task_spec) if task_spec else None, "result": brief})
+        method.save_pretrained(out, extra={"task_spec": str(task_spec) if task_spec else None, "result": brief})
         result["out"] = str(Path(out).resolve())
     result["wall_seconds"] = time.perf_counter() - started
     return result
-
-
-def read_adapted_config(directory: str | Path) -> dict:
-    """The JSON config of the adapted task saved in ``directory`` (method, task, backbone, bank, settings)."""
-    return read_saved_config(directory, CONFIG_NAME, FORMAT_VERSION, "adapted task")
-
-
-def load_adapted(
-    directory: str | Path,
-    backbone: Backbone | str | Path | None = None,
-    bank: str | Path | None = None,
-    device: torch.device | str | None = None,
-) -> AdaptMethod:
-    """Reopen a saved adaptation: its backbone (the recorded one by default), its bank, its tensors,
-    on ``device`` (:func:`~modprompt.device.resolve_device`; None: where the backbone is).
-
-    A bank method needs the very bank it was adapted from: the recorded path by default, or ``bank``;
-    a bank whose weights changed since (another sha256) is an error.
-    """
-    meta = read_adapted_config(directory)
-    # The bank is checked before the backbone loads: a wrong bank should fail in a second, not after Gemma.
-    bank_dir = None
-    if meta["bank"] is not None:
-        bank_dir = Path(bank or meta["bank"]["path"])
-        weights = bank_dir / BANK_WEIGHTS
-        if not weights.is_file():
-            raise FileNotFoundError(f"the bank {bank_dir} that {directory} was adapted from is not there; pass --bank")
-        if file_sha256(weights) != meta["bank"]["sha256"]:
-            shipped = [p.parent for p in sorted(SHIPPED_BANKS.glob(f"*/{BANK_WEIGHTS}"))
-                       if file_sha256(p) == meta["bank"]["sha256"]]  # fmt: skip
-            hint = f"; the shipped bank {shipped[0]} is that one: pass --bank {shipped[0]}" if shipped else ""
-            raise ValueError(f"bank {bank_dir} is not the bank {directory} was adapted from (its sha256 differs){hint}")
-    backbone = resolve_backbone(backbone, meta["backbone"])
-    check_backbone(meta["backbone"], backbone, f"adapted task {directory}")
-    config = AdaptConfig.from_dict(meta["config"])
-    if config.method not in METHODS:
-        raise KeyError(f"{directory} was adapted with method {config.method!r}, which is not registered here")
-    method = METHODS[config.method](backbone, config, meta["task"], bank_dir)
-    method.load_adapted_tensors(directory)
-    return method.to(resolve_device(device) if device is not None else backbone.device)

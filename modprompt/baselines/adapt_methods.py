@@ -32,7 +32,7 @@ from modprompt.adapt.methods import FineTuning, Stage
 from modprompt.adapt.registry import register_method
 from modprompt.backbone import Backbone
 from modprompt.baselines.child_tuning import ChildTuningAdamW, child_masks, fisher_information
-from modprompt.baselines.prefinetune import BACKBONE_WEIGHTS, load_prefinetuned
+from modprompt.baselines.prefinetune import BACKBONE_WEIGHTS, SpanModel
 from modprompt.checksum import file_sha256
 from modprompt.data.encoding import EncodedExample, MRCEncoder
 from modprompt.data.mrc import MRCExample
@@ -100,6 +100,7 @@ class Prefinetuned(FineTuning):
 
     name = "prefinetune"
     fresh_head = False  # the pre-finetuned model's own head, a linear one
+    settings = FineTuning.settings | {"prefinetuned"}
 
     def __init__(self, backbone: Backbone, config: AdaptConfig, task: str, bank_dir: str | Path | None = None):
         if not config.prefinetuned:
@@ -109,7 +110,7 @@ class Prefinetuned(FineTuning):
             )
         super().__init__(backbone, config, task, bank_dir)
         # FineTuning copied the backbone; its weights, and the head, become the pre-finetuned ones.
-        self.head = load_prefinetuned(config.prefinetuned, self.backbone).head
+        self.head = SpanModel.from_pretrained(config.prefinetuned, self.backbone).head
         self.prefinetuned = prefinetuned_identity(config.prefinetuned)
 
     def identity(self) -> dict:

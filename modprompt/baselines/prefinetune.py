@@ -13,25 +13,24 @@ sampler, exact checkpoint/resume and progress reporting), with MUPPET's two chan
   scaled start-plus-end loss is then exactly 2.
 
 The pre-finetuned backbone and head are saved in ``RUN_DIR/model`` when the run finishes; downstream,
-few-shot full fine-tuning starts from them (:func:`load_prefinetuned`).
+few-shot full fine-tuning starts from them (:meth:`SpanModel.from_pretrained`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, load_model
 from torch import nn
 
 from modprompt.backbone import Backbone, check_backbone, load_backbone
-from modprompt.config_utils import read_saved_config
 from modprompt.data.encoding import IGNORE_INDEX, EncodingConfig, MRCEncoder
 from modprompt.device import resolve_device
 from modprompt.head import SpanHead, span_loss
+from modprompt.saved import read_folder_config, write_folder
 from modprompt.training.trainer import MultiTaskObjective, MultiTaskTrainer, TrainConfig
 from modprompt.training.upstream import UpstreamRunConfig, start_run
 
@@ -69,6 +68,37 @@ class SpanModel(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.backbone(batch["input_ids"], batch["attention_mask"]))
+
+    # -- the pre-finetuned model: body and head weights + the backbone they start from -------------------
+
+    def save_pretrained(self, directory: str | Path, source: str) -> Path:
+        """Write the backbone body's and the head's weights, and which backbone ``source`` they fine-tune.
+
+        Weights, not a Hugging Face ``save_pretrained`` folder: an encoder-decoder backbone's body is its
+        encoder alone, which Hugging Face cannot load back as a model, and a saved decoder body would lose
+        the architecture name ``load_backbone`` reads causality from. Loading rebuilds the source backbone
+        and overwrites every weight, which works the same for all three backbone kinds.
+        """
+        meta = {"source": source, "backbone": self.backbone.info.to_dict()}
+        weights = {BACKBONE_WEIGHTS: self.backbone.body, HEAD_WEIGHTS: self.head.state_dict()}
+        return write_folder(directory, CONFIG_NAME, FORMAT_VERSION, meta, weights)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, backbone: Backbone | str | Path | None = None) -> SpanModel:
+        """The pre-finetuned model saved in ``directory``.
+
+        ``backbone``: a loaded backbone whose body weights are overwritten in place (it keeps its mode and
+        ``requires_grad``), or the name or folder of one to load (trainable) instead of the recorded source.
+        """
+        directory = Path(directory)
+        meta = read_folder_config(directory, CONFIG_NAME, FORMAT_VERSION, "pre-finetuned model")
+        if not isinstance(backbone, Backbone):
+            backbone = load_backbone(backbone or meta["source"], freeze=False)
+        check_backbone(meta["backbone"], backbone, f"pre-finetuned model {directory}")
+        load_model(backbone.body, str(directory / BACKBONE_WEIGHTS))
+        head = SpanHead(backbone.hidden_size)
+        head.load_state_dict(load_file(directory / HEAD_WEIGHTS))
+        return cls(backbone, head)
 
 
 def log_option_scaled_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -124,43 +154,6 @@ class PrefinetuneObjective(MultiTaskObjective):
         return self.model(batch)
 
 
-# -- the pre-finetuned model: body and head weights + the backbone they start from -----------------
-
-
-def save_prefinetuned(model: SpanModel, directory: str | Path, source: str) -> Path:
-    """Write the backbone body's and the head's weights, and which backbone ``source`` they fine-tune.
-
-    Weights, not ``save_pretrained`` folders: an encoder-decoder backbone's body is its encoder alone,
-    which Hugging Face cannot load back as a model, and a saved decoder body would lose the
-    architecture name ``load_backbone`` reads causality from. Loading rebuilds the source backbone
-    and overwrites every weight, which works the same for all three backbone kinds.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_model(model.backbone.body, str(directory / BACKBONE_WEIGHTS), force_contiguous=True)  # tied weights once
-    save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, directory / HEAD_WEIGHTS)
-    meta = {"format_version": FORMAT_VERSION, "source": source, "backbone": model.backbone.info.to_dict()}
-    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    return directory
-
-
-def load_prefinetuned(directory: str | Path, backbone: Backbone | str | Path | None = None) -> SpanModel:
-    """The pre-finetuned :class:`SpanModel` saved in ``directory``.
-
-    ``backbone``: a loaded backbone whose body weights are overwritten in place (it keeps its mode and
-    ``requires_grad``), or the name or folder of one to load (trainable) instead of the recorded source.
-    """
-    directory = Path(directory)
-    meta = read_saved_config(directory, CONFIG_NAME, FORMAT_VERSION, "pre-finetuned model")
-    if not isinstance(backbone, Backbone):
-        backbone = load_backbone(backbone or meta["source"], freeze=False)
-    check_backbone(meta["backbone"], backbone, f"pre-finetuned model {directory}")
-    load_model(backbone.body, str(directory / BACKBONE_WEIGHTS))
-    head = SpanHead(backbone.hidden_size)
-    head.load_state_dict(load_file(directory / HEAD_WEIGHTS))
-    return SpanModel(backbone, head)
-
-
 # -- the multi-task stage ------------------------------------------------------------------------
 
 
@@ -198,5 +191,5 @@ def prefinetune(
     summary = trainer.run(until, progress)
     summary["trainable_parameters"] = trainable
     if trainer.rank == 0 and summary["finished"]:
-        save_prefinetuned(model, run_dir / MODEL_DIR, config.backbone)
+        model.save_pretrained(run_dir / MODEL_DIR, config.backbone)
     return summary

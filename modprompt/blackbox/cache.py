@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from modprompt.hooks import hooked
 
 logger = logging.getLogger(__name__)
 
@@ -163,11 +165,6 @@ def start_at(blocks: nn.ModuleList, layer: int, output: Any) -> Iterator[None]:
             blocks[j] = block
 
 
-@contextmanager
-def capture_output(block: nn.Module, into: list) -> Iterator[None]:
+def capture_output(block: nn.Module, into: list) -> AbstractContextManager[None]:
     """Append what ``block`` returns to ``into`` for every call inside the context."""
-    handle = block.register_forward_hook(lambda module, args, output: into.append(output))
-    try:
-        yield
-    finally:
-        handle.remove()
+    return hooked([(block, lambda module, args, output: into.append(output))])

@@ -8,22 +8,23 @@ own code is never copied and, outside that context, its outputs are bit-identica
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from operator import attrgetter
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from modprompt.backbone import Backbone
-from modprompt.config_utils import read_saved_config
 from modprompt.head import SpanHead
+from modprompt.hooks import hooked
 from modprompt.modular.bank import PromptBank
 from modprompt.modular.config import ModularPromptConfig
 from modprompt.modular.router import Router
+from modprompt.saved import read_folder_config, write_folder
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,15 @@ WEIGHTS_NAME = "bank.safetensors"
 SHIPPED_BANKS = Path(__file__).parents[1] / "banks"
 #: Placeholders start right after the first token (CLS or BOS), as in MP2.
 PROMPT_OFFSET = 1
+#: the bank file's tensors: key in the file -> the model's attribute
+_SAVED = {
+    "bank.modules_z": "bank.modules_z",
+    "bank.projection": "bank.projection",
+    "bank.layer_scale": "bank.layer_scale",
+    "router.logits": "router.logits",
+    "head.weight": "head.proj.weight",
+    "head.bias": "head.proj.bias",
+}
 
 
 class PromptInjector:
@@ -47,15 +57,8 @@ class PromptInjector:
     def inject(self, prompts: torch.Tensor) -> Iterator[None]:
         if prompts.shape[1] != len(self.blocks):
             raise ValueError(f"prompts for {prompts.shape[1]} layers, backbone has {len(self.blocks)}")
-        handles = [
-            block.register_forward_pre_hook(self._hook(prompts[:, layer]), with_kwargs=True)
-            for layer, block in enumerate(self.blocks)
-        ]
-        try:
+        with hooked(((block, self._hook(prompts[:, layer])) for layer, block in enumerate(self.blocks)), pre=True):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def _hook(self, prompt: torch.Tensor):
         start, stop = self.offset, self.offset + prompt.shape[1]
@@ -128,19 +131,7 @@ class ModularPromptModel(nn.Module):
         ``training`` (steps, examples and tokens seen, whether the run finished...) is recorded in the
         config so that a bank always says how much it was trained.
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "bank.modules_z": self.bank.modules_z,
-            "bank.projection": self.bank.projection,
-            "bank.layer_scale": self.bank.layer_scale,
-            "router.logits": self.router.logits,
-            "head.weight": self.head.proj.weight,
-            "head.bias": self.head.proj.bias,
-        }
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, directory / WEIGHTS_NAME)
         meta = {
-            "format_version": FORMAT_VERSION,
             "backbone": self.backbone.info.to_dict(),
             "prompt": self.config.to_dict(),
             "intrinsic_size": self.config.intrinsic_size,
@@ -148,8 +139,8 @@ class ModularPromptModel(nn.Module):
             "router_shared": self.router.shared,
             "training": training or {},
         }
-        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        return directory
+        tensors = {key: attrgetter(path)(self) for key, path in _SAVED.items()}
+        return write_folder(directory, CONFIG_NAME, FORMAT_VERSION, meta, {WEIGHTS_NAME: tensors})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, backbone: Backbone) -> ModularPromptModel:
@@ -183,18 +174,16 @@ class ModularPromptModel(nn.Module):
                 )
         weights = load_file(Path(directory) / WEIGHTS_NAME)
         with torch.no_grad():
-            self.bank.modules_z.copy_(weights["bank.modules_z"])
-            self.bank.projection.copy_(weights["bank.projection"])
-            self.bank.layer_scale.copy_(weights["bank.layer_scale"])
-            self.head.proj.weight.copy_(weights["head.weight"])
-            self.head.proj.bias.copy_(weights["head.bias"])
-            if router:
+            for key, path in _SAVED.items():
+                if key != "router.logits":
+                    attrgetter(path)(self).copy_(weights[key])
+            if router:  # a new parameter: the saved routers may be for other tasks
                 self.router.logits = nn.Parameter(weights["router.logits"].to(self.router.logits.device))
 
 
 def read_bank_config(directory: str | Path) -> dict:
     """The JSON config of the bank saved in ``directory`` (prompt config, backbone identity, tasks, provenance)."""
-    return read_saved_config(directory, CONFIG_NAME, FORMAT_VERSION, "prompt bank")
+    return read_folder_config(directory, CONFIG_NAME, FORMAT_VERSION, "prompt bank")
 
 
 @torch.no_grad()
@@ -211,12 +200,8 @@ def layer_rms(backbone: Backbone, batch: dict) -> torch.Tensor:
         hidden = args[0] if args else kwargs["hidden_states"]
         rms.append((hidden.pow(2).mean(-1) * mask).sum().div(mask.sum()).sqrt())
 
-    handles = [block.register_forward_pre_hook(record, with_kwargs=True) for block in backbone.blocks]
-    try:
+    with hooked(((block, record) for block in backbone.blocks), pre=True):
         backbone(batch["input_ids"], batch["attention_mask"])
-    finally:
-        for handle in handles:
-            handle.remove()
     return torch.stack(rms)
 
 
