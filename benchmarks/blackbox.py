@@ -12,7 +12,7 @@ and each method's train-set evaluations against the budget its own paper reports
 the same budget here, so the table says what share of its own each one had (a share well below 100% is that
 method's search cut short, not the method's performance).
 
-    python benchmarks/blackbox.py --bank runs/pretrain-gemma/bank --preset cpu --test-limit 300
+    python benchmarks/blackbox.py --bank modprompt/banks/gemma-3-270m --preset cpu --test-limit 300
     python benchmarks/blackbox.py --bank BANK --methods mp2-bb --tasks eprstmt --seeds 0 1 --aggregate-only
     python benchmarks/blackbox.py --bank BANK --methods mp2-bb --tasks bustm --run-only  # fill cells, keep the table
 """

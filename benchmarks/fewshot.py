@@ -27,7 +27,7 @@ CPU budget caps (``--test-limit``, ``--dev-limit``, ``--max-steps``, ...) apply 
 are written into the outputs. ``--test-limit N`` scores the first N of one fixed shuffle of each test
 set: the same examples for every method and seed.
 
-    python benchmarks/fewshot.py --bank runs/pretrain-gemma/bank --test-limit 300
+    python benchmarks/fewshot.py --bank modprompt/banks/gemma-3-270m --test-limit 300
     python benchmarks/fewshot.py --bank BANK --methods mp2 pt --tasks eprstmt --seeds 0 1 --aggregate-only
     python benchmarks/fewshot.py --bank BANK --methods mp2 pt --tasks iflytek --run-only  # fill cells, keep the table
     python benchmarks/fewshot.py --side-by-side fewshot fewshot-fair --name fewshot-banks

@@ -13,7 +13,7 @@ turn while the base (the best so far) moves on after every call. The same reques
 Reported: calls/s, p50/p95 latency per call, HTTP overhead per call, cache hits. The backbone and bank
 are whatever is given: ``--backbone gemma-3-270m --bank BANK`` for the real table, a tiny model to smoke-test.
 
-    python benchmarks/serving.py --bank runs/pretrain-gemma/bank --examples 32 --population 10 --calls 36
+    python benchmarks/serving.py --bank modprompt/banks/gemma-3-270m --examples 32 --population 10 --calls 36
 
 ``--robustness`` measures instead what hostile and careless clients cost the server under the default
 limits of ``modprompt serve`` (``Limits()``, ``ServerConfig()``), and adds it to the same results

@@ -1,10 +1,10 @@
 """``modprompt serve`` and ``modprompt bbt``: serve a frozen model, and tune against it (or in-process).
 
     export MODPROMPT_API_KEY=$(python -c "import secrets; print(secrets.token_urlsafe(32))")
-    modprompt serve --bank runs/pretrain-gemma/bank --port 8000            # terminal 1
-    modprompt bbt --server http://127.0.0.1:8000 --bank-copy runs/pretrain-gemma/bank --task eprstmt \
-        --method mp2-bb --seed 0 --preset cpu                              # terminal 2
-    modprompt bbt --bank runs/pretrain-gemma/bank --task eprstmt --method bbtv2 --seed 0   # no server
+    modprompt serve --bank modprompt/banks/gemma-3-270m --port 8000                     # terminal 1
+    modprompt bbt --server http://127.0.0.1:8000 --bank-copy modprompt/banks/gemma-3-270m --task eprstmt \
+        --method mp2-bb --seed 0 --preset cpu                                           # terminal 2
+    modprompt bbt --bank modprompt/banks/gemma-3-270m --task eprstmt --method bbtv2 --seed 0   # no server
 
 Heavy imports (torch, fastapi, skopt) happen inside the run functions, so ``modprompt --help`` stays fast.
 """
