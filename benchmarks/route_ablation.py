@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from modprompt.backbone import load_backbone
-from modprompt.cli import data_root_arg
+from modprompt.arguments import data_root_arg
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.evaluate import evaluate, main_metric
 from modprompt.modular.model import ModularPromptModel
-from modprompt.modular.pretrain import PretrainConfig, upstream_data
+from modprompt.modular.pretrain import PretrainConfig
+from modprompt.training.upstream import upstream_data
 
 RESULTS = Path(__file__).parent / "results"
 CONDITIONS = ("own", "uniform", "other")
@@ -121,10 +122,25 @@ def markdown(r: dict) -> str:
         *[f"| {t} | " + " | ".join(f"{v[c]:.3f}" for c in conditions) + " |" for t, v in sorted(r["per_task"].items())],
         "| **mean** | " + " | ".join(f"**{r['mean'][c]:.3f}**" for c in conditions) + " |",
         "",
+        *_paired(r["per_task"], conditions),
         f"    {r['command']}",
         "",
     ]
     return "\n".join(lines)
+
+
+def _paired(per_task: dict[str, dict[str, float]], conditions: list[str]) -> list[str]:
+    """Own route against each other condition, paired by task: mean difference, its standard error over
+    tasks, and the tasks where own is better, worse or the same."""
+    if "own" not in conditions or len(per_task) < 2:
+        return []
+    lines = ["| own against | mean difference | standard error | tasks better / worse / tied |", "|---|---:|---:|---|"]
+    for other in (c for c in conditions if c != "own"):
+        diffs = np.array([v["own"] - v[other] for v in per_task.values()])
+        se = diffs.std(ddof=1) / np.sqrt(len(diffs))
+        counts = f"{(diffs > 0).sum()} / {(diffs < 0).sum()} / {(diffs == 0).sum()}"
+        lines.append(f"| {other} | {diffs.mean():+.3f} | {se:.3f} | {counts} |")
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

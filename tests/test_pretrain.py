@@ -166,3 +166,29 @@ def test_trainer_step_benchmark_lays_out_pretraining_steps_four_ways(tmp_path, t
     assert one["speedup"] == 1.0 and all(layout["timed_real_tokens"] > 0 for layout in result["layouts"].values())
     table = (tmp_path / "step.md").read_text()
     assert "| 2 tasks, 1 micro-batch each |" in table and result["command"] in table
+
+
+def test_route_ablation_scores_each_task_with_its_own_the_uniform_and_a_foreign_route(tmp_path, tiny_decoder, data_root,
+                                                                                     monkeypatch):  # fmt: skip
+    import importlib.util
+    from pathlib import Path
+
+    from tiny import random_bank
+
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("route_ablation", benchmarks / "route_ablation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    random_bank(load_backbone(tiny_decoder), TASKS).save_pretrained(tmp_path / "bank")
+    argv = ["--bank", str(tmp_path / "bank"), "--config", str(_config(tmp_path, tiny_decoder)), "--data", str(data_root),
+            "--per-task", "3", "--name", "ablation"]  # fmt: skip
+    result = bench.main(argv)
+    assert set(result["per_task"]) == set(TASKS) and all(len(v) == 3 for v in result["per_task"].values())
+    assert all(task != other for task, other in result["derangement"].items())  # nobody keeps its own route
+    assert set(result["examples_per_task"].values()) == {3}
+    table = (tmp_path / "results" / "ablation.md").read_text()
+    paired = [line for line in table.splitlines() if line.startswith(("| uniform |", "| other |"))]
+    assert len(paired) == 2 and all(sum(map(int, line.split("|")[4].split("/"))) == len(TASKS) for line in paired)
+    diff = sum(v["own"] - v["uniform"] for v in result["per_task"].values()) / len(TASKS)
+    assert f"{diff:+.3f}" in paired[0]
