@@ -86,3 +86,14 @@ def test_task_without_label_set_draws_k_in_all(tmp_path):
     load_spec(tmp_path / "spec.json")
     train, dev, test = fewshot_splits("mc_demo", 7, ".", k_per_label=6)
     assert len(train) == 6 and len(dev) == 6 and test == [] and not set(sources(train)) & set(sources(dev))
+
+
+def test_a_resolved_task_is_passed_down_not_looked_up_again(data_root, monkeypatch):
+    import modprompt.data.task as task_module
+
+    task = task_module.get_task("chnsenticorp")
+    expected = fewshot_splits("chnsenticorp", 0, data_root, 4)
+    monkeypatch.setattr(task_module, "_REGISTRY", {})  # any lookup by name now fails
+    assert [sources(split) for split in fewshot_splits(task, 0, data_root, 4)] == [sources(s) for s in expected]
+    with pytest.raises(KeyError, match="unknown task 'chnsenticorp'"):
+        fewshot_splits("chnsenticorp", 0, data_root, 4)

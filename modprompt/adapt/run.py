@@ -102,13 +102,14 @@ def adapt(
     started = time.perf_counter()
     if task_spec is not None:
         task_spec = Path(task_spec).resolve()
-    task = resolve_task(task, task_spec).name
+    resolved = resolve_task(task, task_spec)  # looked up once; the splits below get the Task itself
+    task = resolved.name
     if config.method not in METHODS:
         raise KeyError(f"unknown adaptation method {config.method!r}; known: {sorted(METHODS)}")
     if METHODS[config.method].needs_bank and bank is None:
         raise ValueError(f"method {config.method!r} adapts a pre-trained prompt bank; give one (--bank)")
     recorded = read_bank_config(bank)["backbone"] if bank is not None else None
-    train, dev, test = fewshot_splits(task, config.seed, data_root, config.k_per_label, lenient=lenient)
+    train, dev, test = fewshot_splits(resolved, config.seed, data_root, config.k_per_label, lenient=lenient)
     dev, test = subset(dev, config.dev_limit), subset(test, config.test_limit)
     backbone = resolve_backbone(backbone, recorded)
     if recorded is not None:

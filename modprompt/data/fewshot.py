@@ -25,7 +25,7 @@ import numpy as np
 from modprompt.data.convert import normalise
 from modprompt.data.mrc import MRCExample
 from modprompt.data.registry import load_examples
-from modprompt.data.task import get_task
+from modprompt.data.task import Task, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -49,25 +49,26 @@ def _texts(example: MRCExample) -> tuple[str, ...]:
 
 
 def fewshot_splits(
-    task_name: str, seed: int, data_root: str | Path, k_per_label: int = 16, *, lenient: bool = False
+    task_name: str | Task, seed: int, data_root: str | Path, k_per_label: int = 16, *, lenient: bool = False
 ) -> tuple[list[MRCExample], list[MRCExample], list[MRCExample]]:
     """``(train, dev, test)`` for one few-shot run of a downstream task; the same seed gives the same split.
 
     ``lenient`` skips malformed records instead of stopping (see :mod:`modprompt.data.readers`)."""
-    task = get_task(task_name)
+    task = get_task(task_name)  # a Task given is used as it is, not looked up again
+    task_name = task.name
     if task.fewshot == "fewclue":
         if seed not in FEWCLUE_SEEDS:
             raise ValueError(f"FewCLUE task {task_name!r} has official few-shot seeds 0..4, not {seed}")
         splits = (f"train_{seed}", f"dev_{seed}", "test")
-        return tuple(load_examples(task_name, s, data_root, lenient) for s in splits)  # type: ignore[return-value]
+        return tuple(load_examples(task, s, data_root, lenient) for s in splits)  # type: ignore[return-value]
     if task.fewshot != "sampled":
         raise ValueError(f"task {task_name!r} has an unknown few-shot scheme {task.fewshot!r}")
     if k_per_label < 1:
         raise ValueError(f"k_per_label must be at least 1, got {k_per_label}")
-    test = load_examples(task_name, "test", data_root, lenient) if "test" in task.splits else []
+    test = load_examples(task, "test", data_root, lenient) if "test" in task.splits else []
     in_test = {_texts(e) for e in test}
     groups: dict[int | None, list[MRCExample]] = defaultdict(list)
-    for example in load_examples(task_name, "train", data_root, lenient):
+    for example in load_examples(task, "train", data_root, lenient):
         if _texts(example) not in in_test:
             groups[example.label if task.label_words else None].append(example)
     rng = np.random.default_rng(seed)

@@ -31,7 +31,7 @@ def _filtered(name: str, split: str, data_root: Path, lenient: bool) -> tuple[tu
     return tuple(kept), dropped
 
 
-def load_examples(task_name: str, split: str, data_root: str | Path, lenient: bool = False) -> list[MRCExample]:
+def load_examples(task_name: str | Task, split: str, data_root: str | Path, lenient: bool = False) -> list[MRCExample]:
     """One split of a task, cleaned; for an upstream task, without examples that occur in downstream data."""
     return _load(get_task(task_name), split, Path(data_root), lenient)[0]
 

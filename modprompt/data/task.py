@@ -76,7 +76,10 @@ def unregister(name: str) -> None:
         raise KeyError(f"no task named {name!r} is registered")
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str | Task) -> Task:
+    """The registered task of this name; a :class:`Task` already resolved is returned as it is."""
+    if isinstance(name, Task):
+        return name
     _ensure_builtins()
     try:
         return _REGISTRY[name]
