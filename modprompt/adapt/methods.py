@@ -220,7 +220,9 @@ class AdaptMethod(nn.Module, ABC):
             bank_dir = Path(bank or meta["bank"]["path"])
             weights = bank_dir / BANK_WEIGHTS
             if not weights.is_file():
-                raise FileNotFoundError(f"the bank {bank_dir} that {directory} was adapted from is not there; pass --bank")
+                raise FileNotFoundError(
+                    f"the bank {bank_dir} that {directory} was adapted from is not there; pass --bank"
+                )
             if file_sha256(weights) != meta["bank"]["sha256"]:
                 shipped = [p.parent for p in sorted(SHIPPED_BANKS.glob(f"*/{BANK_WEIGHTS}"))
                            if file_sha256(p) == meta["bank"]["sha256"]]  # fmt: skip
