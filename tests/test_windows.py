@@ -195,3 +195,11 @@ def test_adapt_and_predict_read_a_user_task_in_windows(tiny_decoder, data_root, 
     assert not AdaptMethod.from_pretrained(tmp_path / "cut", backbone=backbone).encoder().config.windows
     summary = predict_file(method, spec.parent / "test.json", tmp_path / "p.jsonl", read_spec(spec))
     assert summary["metrics"] == windowed["test"]
+
+
+def test_the_warning_tells_split_passages_from_cut_option_passages(tok, caplog):
+    long_question = question(filler(30) + ANSWER + "。")
+    long_choice = MRCExample("t", QUERY, filler(30), options=("是", "否"), label=0)
+    with caplog.at_level("WARNING", logger="modprompt.data.encoding"):
+        encoder(tok).encode_all([long_question, long_choice, question(ANSWER + "。")])
+    assert "1 passages split into windows, 1 cut, 0 answers in no window" in caplog.text

@@ -289,10 +289,13 @@ class MRCEncoder:
         if not (truncated or lost or inexact):
             return
         if self.config.windows:
+            # An option task's passage is cut even with windows on: only extractive passages are split.
+            split = sum(len(w) > 1 for w in windows)
             logger.warning(
-                "encoded %d examples in %d windows (max_length %d): %d passages split, %d answers in no window, "
-                "%d answer spans inexact",
-                len(encoded), sum(map(len, windows)), self.config.max_length, truncated, lost, inexact,
+                "encoded %d examples in %d windows (max_length %d): %d passages split into windows, %d cut, "
+                "%d answers in no window, %d answer spans inexact",
+                len(encoded), sum(map(len, windows)), self.config.max_length, split, truncated - split, lost,
+                inexact,
             )  # fmt: skip
         else:
             logger.warning(
