@@ -92,7 +92,7 @@ def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:
     """Mean ± sample std over the stored seeds of each (method, task), per-method summaries, and each
     method's train-set evaluations per run against the budget its own paper reports results at."""
     summary = grid.summary(
-        {"train_seconds": "train_seconds_per_run", "calls": "calls_per_run"},
+        {"train_seconds": "train_seconds_per_run", "calls": "calls_per_run", "tokens": "tokens_per_run"},
         metric="accuracy on the test set, mean ± sample std over seeds",
         bank=args.bank,
         server=args.server or "in-process",
@@ -118,8 +118,9 @@ def write_markdown(summary: dict, path: Path, seeds: int) -> None:
     intro = (
         f"Backbone `{summary['backbone']}`, bank `{summary['bank']}`, scored {summary['server']}. "
         f"{summary['metric']} ({seeds} seeds; a cell over fewer seeds shows their count). Calls are score "
-        "requests (train, dev and test; a population is one call); train time is the wall time of one run's "
-        "optimisation with its dev evaluations, averaged over runs.\n\n"
+        "requests (train, dev and test; a population is one call) and tokens the input tokens they forwarded "
+        "(every candidate's, padding not counted); train time is the wall time of one run's optimisation with "
+        "its dev evaluations, averaged over runs.\n\n"
         "**Budgets.** Every method had the same budget: `evaluations/run` train-set evaluations (router and prompt "
         "candidates; dev and test scoring not counted). Each method's own paper reports its results at a larger "
         "one (`paper's budget`; sources below the table), and `share` is the part of it these runs had. A row "
@@ -138,6 +139,7 @@ def write_markdown(summary: dict, path: Path, seeds: int) -> None:
         )
     columns = {
         "calls/run": ("calls_per_run", ".0f"),
+        "tokens/run": ("tokens_per_run", ",.0f"),
         "train s/run": ("train_seconds_per_run", ".1f"),
         "evaluations/run": ("evaluations_per_run", ".0f"),
         "paper's budget": ("paper_budget", ","),

@@ -19,7 +19,7 @@ from modprompt.blackbox.config import TuneConfig
 from modprompt.blackbox.objective import InProcessObjective, Objective
 from modprompt.blackbox.params import Candidate, CandidateResult, Limits, ModelInfo, ScoreReply, Space, routed_mix
 from modprompt.blackbox.router_bo import RouterSearch
-from modprompt.blackbox.scoring import ParameterError, Scorer
+from modprompt.blackbox.scoring import ParameterError, Scorer, length_chunks
 from modprompt.blackbox.state import load_state
 from modprompt.blackbox.tune import bank_modules, tune
 from modprompt.cli import main
@@ -76,6 +76,7 @@ def test_layer_cache_gives_the_uncached_outputs(kind, banks, splits):
     cached, uncached = _scorer(model), _scorer(model, cache_bytes=0)
     dataset = cached.add_dataset(splits[0])["id"]
     assert uncached.add_dataset(splits[0])["id"] == dataset
+    chunks = cached.dataset(dataset)["chunks"]
     rng = np.random.default_rng(0)
     size = model.config.intrinsic_size
     base = Candidate(router=rng.uniform(-3, 3, 8).tolist())
@@ -89,10 +90,23 @@ def test_layer_cache_gives_the_uncached_outputs(kind, banks, splits):
             assert len({r.loss for r in a.results}) == 3  # the searched layer's prompt matters
             if layer > 0:
                 # The first candidate fills the cache at this layer; the other two start there.
-                assert a.cache["hits"] == 2 * 2 and a.cache["blocks_skipped"] == 2 * 2 * layer
+                assert a.cache["hits"] == 2 * chunks and a.cache["blocks_skipped"] == 2 * chunks * layer
             base_here = population[0].over(base_here)  # the search moves on with this layer's pick
     assert uncached.cache.stats.hits == 0
     assert not any(isinstance(block, _Replay) for block in model.backbone.blocks)  # real blocks are back
+
+
+def test_length_chunks_cut_where_padding_costs_more_than_a_forward():
+    # 12 short examples and 2 long ones: one chunk pads the short ones to 100, two chunks cost one overhead more
+    lengths = [10] * 12 + [100] * 2
+    assert length_chunks(lengths, 16, overhead=64) == [(0, 12), (12, 14)]  # 320 + 128 < 1400 + 64
+    assert length_chunks(lengths, 16, overhead=2000) == [(0, 14)]  # a forward dearer than the padding
+    capped = length_chunks(lengths, 5, overhead=0)  # at most 5 rows, the chunks consecutive, no long row in a short one
+    assert all(end - begin <= 5 for begin, end in capped) and [b for b, _ in capped[1:]] == [e for _, e in capped[:-1]]
+    assert capped[0][0] == 0 and capped[-1][1] == 14 and (12, 14) in capped
+    assert length_chunks([7], 16, overhead=64) == [(0, 1)] and length_chunks([], 16, 64) == []
+    with pytest.raises(ValueError, match="sorted"):
+        length_chunks([20, 10], 16, 64)
 
 
 def test_lru_bytes_bounds_memory():
@@ -474,3 +488,39 @@ def test_blackbox_benchmark_stores_resumes_and_aggregates(banks, data_root, tmp_
 
     monkeypatch.setattr(benchmark, "tune_task", lambda *a, **k: pytest.fail("a stored result was run again"))
     assert benchmark.main(argv)["methods"]["bbt"] == bbt
+
+
+def test_the_speed_benchmark_replays_a_run_and_checks_every_candidate_and_loss(banks, data_root, tmp_path,
+                                                                              monkeypatch):  # fmt: skip
+    backbone_dir, bank_dir = banks("decoder")
+    monkeypatch.syspath_prepend(REPO / "benchmarks")
+    spec = importlib.util.spec_from_file_location("blackbox_speed", REPO / "benchmarks" / "blackbox_speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+
+    def run(name: str, *extra: str) -> dict:
+        out = tmp_path / f"{name}.json"
+        speed.main(["--measure", "--out", str(out), "--bank", str(bank_dir), "--backbone", str(backbone_dir),
+                    "--data", str(data_root), "--task",
+                    "eprstmt", "--router-evaluations", "6", "--prompt-evaluations", "8", "--popsize", "4",
+                    "--test-limit", "12", "--dev-limit", "8", "--max-length", str(MAX_LENGTH), "--threads", "1",
+                    *extra])  # fmt: skip
+        return json.loads(out.read_text())
+
+    calls = tmp_path / "calls.jsonl"
+    first = run("first", "--record", str(calls))
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert [r["set"] for r in recorded].count("test") == 1 and len(recorded) == first["calls"]
+    assert set(first["timing"]["seconds"]) == {"router", "prompt", "dev", "test", "other"}
+    again = run("again", "--replay", str(calls))
+    assert again["replay"]["calls"] == again["replay"]["recorded_calls"] == len(recorded)
+    assert again["replay"]["candidates_differ"] == 0 and again["replay"]["max_loss_difference"] < 1e-6
+    assert speed.compare(first, again, 1e-5)["exact"]
+
+    # A record whose losses are not what this code computes: the replay follows the record and says so.
+    recorded[-2]["results"][0]["loss"] += 0.5  # the last dev check before the test
+    calls.write_text("".join(json.dumps(r) + "\n" for r in recorded))
+    tampered = run("tampered", "--replay", str(calls))
+    assert tampered["replay"]["max_loss_difference"] == pytest.approx(0.5, abs=1e-6)
+    assert tampered["replay"]["max_loss_difference_by_phase"]["dev"] == pytest.approx(0.5, abs=1e-6)
+    assert not speed.compare(first, tampered, 1e-5)["same"]["losses"]

@@ -47,7 +47,8 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key-file", help="file with the accepted keys (default: $MODPROMPT_API_KEY)")
     p.add_argument("--max-length", type=int, default=256, help="tokens per example (only the passage is cut)")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="most examples per forward pass (an example set is cut into chunks by length)")
     p.add_argument("--cache-mb", type=int, default=512, help="layer-cache bound in MiB (0: no cache)")
     p.add_argument("--projection-mb", type=int, default=512, help="bound on kept random projections in MiB")
     p.add_argument("--bound", type=float, default=5.0, help="largest accepted |value| of a router logit or vector")

@@ -6,10 +6,10 @@ head), the example sets registered with it, the layer cache and the random proje
 runs every chunk of the example set, and returns the mean span loss, the accuracy and, if asked, the
 per-option scores, computed with the same head functions as :mod:`modprompt.evaluate`.
 
-Example sets are split once, at registration, into fixed chunks of similar length (sorted as
-:func:`modprompt.evaluate.predict` sorts them), so a chunk's padded batch is the same on every call
-and a cached block input is valid for it. Their id is a hash of their content and of the encoding, so
-uploading the same examples again is free and gives the same id.
+Example sets are split once, at registration, into fixed chunks of similar length (sorted by length,
+cut where padding would cost more than another forward pass: :func:`length_chunks`), so a chunk's
+padded batch is the same on every call and a cached block input is valid for it. Their id is a hash of
+their content and of the encoding, so uploading the same examples again is free and gives the same id.
 
 One lock serialises all model work: forward passes on a few CPU cores gain nothing from running side
 by side, and the tokenizer and the block swap of the layer cache must not interleave. A second, short
@@ -23,6 +23,7 @@ caller that gives up stops it within one chunk.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -51,6 +52,36 @@ logger = logging.getLogger(__name__)
 DEFAULT_BOUND = 5.0
 #: seconds between checks of ``cancelled`` while waiting for the model lock
 _POLL_S = 0.05
+
+
+#: what one more forward pass costs, in padded tokens, when :func:`length_chunks` weighs a cut: the per-pass work
+#: that does not grow with its tokens (45-70 tokens' worth on Gemma 3 270M and 2 CPU cores; benchmarks/README.md,
+#: "Black-box run time")
+CHUNK_OVERHEAD_TOKENS = 64
+
+
+def length_chunks(lengths: Sequence[int], max_rows: int, overhead: float) -> list[tuple[int, int]]:
+    """Cut sorted ``lengths`` into consecutive chunks of at most ``max_rows``, least padded work first.
+
+    A chunk is padded to its longest member, so it costs ``rows × longest`` tokens plus ``overhead``; the
+    cuts minimise the total by dynamic programming (a long tail no longer pads a chunk of short examples).
+    Returns ``(begin, end)`` index pairs.
+    """
+    if any(b < a for a, b in itertools.pairwise(lengths)):
+        raise ValueError("length_chunks needs lengths sorted in increasing order")
+    best = [0.0] + [math.inf] * len(lengths)
+    cut = [0] * (len(lengths) + 1)
+    for end in range(1, len(lengths) + 1):
+        for begin in range(max(0, end - max_rows), end):
+            cost = best[begin] + lengths[end - 1] * (end - begin) + overhead
+            if cost < best[end]:
+                best[end], cut[end] = cost, begin
+    chunks = []
+    end = len(lengths)
+    while end:
+        chunks.append((cut[end], end))
+        end = cut[end]
+    return chunks[::-1]
 
 
 class ParameterError(ValueError):
@@ -242,9 +273,10 @@ class Scorer:
                 return dataset
         encoded = self._encode(examples)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+        lengths = [len(encoded[i].input_ids) for i in order]
         chunks = []
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        for begin, end in length_chunks(lengths, self.batch_size, CHUNK_OVERHEAD_TOKENS):
+            rows = order[begin:end]
             batch = self.encoder.collate([encoded[i] for i in rows])
             chunks.append(_Chunk(rows, batch, int(batch["attention_mask"].sum())))
         labelled = sum(e.label is not None for e in examples)
