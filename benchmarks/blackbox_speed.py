@@ -148,8 +148,8 @@ def _run_child(tree: Path, args: argparse.Namespace, out: Path, extra: list[str]
 
 
 def _passed(args: argparse.Namespace) -> list[str]:
-    flags = ["bank", "backbone", "task", "method", "seed", "preset", "threads", "test_limit", "dev_limit", "max_length", "data",
-             *BUDGET]
+    flags = ["bank", "backbone", "task", "method", "seed", "preset", "threads", "test_limit", "dev_limit",
+             "max_length", "data", *BUDGET]
     return [item for name in flags if getattr(args, name) is not None
             for item in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]  # fmt: skip
 
@@ -179,7 +179,9 @@ def _parted_at(a: list[dict], b: list[dict], tolerance: float) -> str | None:
     """The first history entry (a router evaluation or a generation) whose best loss differs, or None."""
     for x, y in zip(a, b):
         if abs(x["best_loss"] - y["best_loss"]) > tolerance:
-            where = f"router evaluation {x['evaluations']}" if x["stage"] == "router" else f"generation {x['generation']}"
+            where = f"router evaluation {x['evaluations']}"
+            if x["stage"] == "prompt":
+                where = f"generation {x['generation']}"
             return f"{where}: best loss {x['best_loss']:.6f} against {y['best_loss']:.6f}"
     return None
 
