@@ -28,7 +28,7 @@ from pathlib import Path
 from machine import describe_machine
 
 from modprompt.adapt.config import AdaptConfig
-from modprompt.adapt.run import adapt, settings_in_effect
+from modprompt.adapt.run import adapt
 from modprompt.backbone import resolve_backbone
 from modprompt.modular.model import read_bank_config
 
@@ -78,8 +78,7 @@ def main() -> None:
         result = adapt(config, None, args.data, bank=args.bank, backbone=backbone, task_spec=args.spec,
                        device=args.device, progress=False)  # fmt: skip
         result["machine"] = describe_machine(args.device)
-        # the head the run trained or kept (bank methods: the bank's linear one), not the requested "auto"
-        result["span_head"] = settings_in_effect(config, result["task"], backbone.causal).span_head
+        result["span_head"] = config.span_head  # the head the run trained (bank methods: kept the bank's linear one)
         path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     cells = {n: json.loads((folder / f"{n}.json").read_text()) for n in CELLS if (folder / f"{n}.json").is_file()}
     command = "python benchmarks/cmrc_adapt.py " + " ".join(sys.argv[1:])

@@ -176,14 +176,14 @@ def chosen_step(result: dict) -> int:
 
 
 def carry_check(
-    stored: dict, config: AdaptConfig, max_length: int, same_bank: bool, prompt_tokens_match: bool, causal: bool
+    stored: dict, config: AdaptConfig, max_length: int, same_bank: bool, prompt_tokens_match: bool
 ) -> str | None:
     """Why the stored run ``stored`` is not exactly what ``config`` would run (None: it is, so it may be carried).
 
     ``max_length`` is what ``config``'s protocol sizes for the cell; ``same_bank``: the stored cell's bank is
-    this table's; ``prompt_tokens_match``: the stored bank and this table's give the same prompt length;
-    ``causal``: the table's backbone is causal (settings are compared as they act, :func:`settings_in_effect`:
-    a stored cell from before windows and the bilinear head ran as a new one does where neither applies).
+    this table's; ``prompt_tokens_match``: the stored bank and this table's give the same prompt length.
+    Settings are compared as they act (:func:`settings_in_effect`: a stored cell from before windows ran as a
+    new one does where windows do not apply).
     """
     method = stored["method"]
     if not same_bank:
@@ -195,8 +195,8 @@ def carry_check(
     as_new = dataclasses.replace(
         old, protocol=config.protocol, patience=config.patience, prefinetuned=config.prefinetuned
     )
-    as_new = settings_in_effect(as_new, stored["task"], causal).to_dict()
-    wanted = settings_in_effect(config, stored["task"], causal).to_dict()
+    as_new = settings_in_effect(as_new, stored["task"]).to_dict()
+    wanted = settings_in_effect(config, stored["task"]).to_dict()
     if as_new != wanted:
         changed = sorted(k for k, v in wanted.items() if as_new[k] != v)
         return f"other settings ({', '.join(changed)})"
@@ -252,7 +252,7 @@ def carry_over(
             train, dev, _ = fewshot_splits(task, config.seed, args.data, config.k_per_label)
             splits[key] = train + subset(dev, config.dev_limit)
         max_length = fit_max_length(config, backbone, splits[key]).max_length
-        reason = carry_check(stored, config, max_length, same_bank, prompt_tokens_match, backbone.causal)
+        reason = carry_check(stored, config, max_length, same_bank, prompt_tokens_match)
         if reason is None and config.method == "prefinetune":
             model = prefinetuned_identity(config.prefinetuned)["sha256"] if config.prefinetuned else None
             same_model = model == (stored.get("prefinetuned") or {}).get("sha256")

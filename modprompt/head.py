@@ -20,18 +20,30 @@ it can say where its span began. Its first logit tensor is a (batch, start, end)
 :func:`option_scores` and :func:`best_spans` take either form, and give exactly what they always gave for the
 linear head's (batch, tokens) logits.
 
-Why this one (``benchmarks/results/causal-span.md``: tiny backbones trained from scratch on a synthetic task
-whose answer is the word ending with a given character, so only tokens after the start tell where it is):
-on the tiny decoder the linear head reaches 0.55–0.65 exact match (BPE and char tokenizer) and the bilinear one
-0.98–0.99, the bidirectional tiny encoder 0.99 with either; on the mirror task (the word *starting* with it)
-the bilinear head is also the better one on every backbone. The passage given twice (every token of the
-second copy has seen all of the first) reached 0.07 in the same budget and costs twice the passage tokens.
-A first try, the end's logit times the start's given the end (``P(end) · P(start | end)``), also fixed the
-first task but lost the mirror one, on the encoder as well: normalising the start per end throws away the
-start's own evidence, which one softmax over whole spans keeps.
+What the blind start costs, and why the linear head is the default all the same:
 
-Every prompt bank so far (the released ``gemma-3-270m`` one included) and every pre-finetuned model has the
-linear head, and keeps it; ``AdaptConfig.span_head`` chooses the fresh head of the baselines.
+* On tiny backbones trained from scratch, backbone and head together (``benchmarks/results/causal-span.md``:
+  a synthetic task whose answer is the word ending with a given character, so only tokens after the start tell
+  where it is), the linear head on the tiny decoder reaches 0.55–0.65 exact match (BPE and char tokenizer) and
+  the bilinear one 0.98–0.99, the bidirectional tiny encoder 0.99 with either; on the mirror task (the word
+  *starting* with it) the bilinear head is also the better one on every backbone. The passage given twice
+  (every token of the second copy has seen all of the first) reached 0.07 in the same budget and costs twice
+  the passage tokens. The end's logit times the start's given the end (``P(end) · P(start | end)``) fixed the
+  first task but lost the mirror one, on the encoder as well: normalising the start per end throws away the
+  start's own evidence, which one softmax over whole spans keeps.
+* On the real backbone, frozen, as modprompt's users have it (``benchmarks/results/span-probe.md``: a fresh
+  head alone trained on Gemma 3 270M's last-layer states for CMRC 2018, 16 to 1024 training questions, three
+  seeds), the blind start shows, the linear head's most likely start being the gold one about half as often as
+  its most likely end (0.043 against 0.076 at 1024 questions, 0.017 against 0.051 at 256), but the bilinear head
+  does not get it back (start 0.031 at 1024) and scores 0.02–0.03 F1 *below* the linear head at every size
+  (0.130 against 0.161 at 1024; 0.114 against 0.131 at 16). With prompt tuning at 16 questions it was also
+  below, on one seed (F1 0.116 against 0.142, ``benchmarks/results/cmrc-adapt.md``). As we read it, the bilinear
+  term needs a backbone that learns to write the span's start into its end state, which a frozen one, or one
+  tuned on a few dozen examples, does not.
+
+So :class:`SpanHead` is the default head everywhere (``AdaptConfig.span_head``), and the bilinear one is there
+to choose where a backbone is trained with the head on enough data. Every prompt bank so far (the released
+``gemma-3-270m`` one included) and every pre-finetuned model has the linear head, and keeps it.
 """
 
 from __future__ import annotations
@@ -83,16 +95,6 @@ class BilinearSpanHead(nn.Module):
 
 #: span heads by the name configs use (``AdaptConfig.span_head``)
 SPAN_HEADS: dict[str, type[nn.Module]] = {"linear": SpanHead, "bilinear": BilinearSpanHead}
-
-
-def resolve_span_head(kind: str, causal: bool) -> str:
-    """The span head ``kind`` names on a backbone: ``"auto"`` is the bilinear head on a causal backbone (where
-    the linear head's start cannot see its span) and the linear head on a bidirectional one."""
-    if kind == "auto":
-        return "bilinear" if causal else "linear"
-    if kind not in SPAN_HEADS:
-        raise ValueError(f"unknown span head {kind!r}; known: {sorted(SPAN_HEADS)} or 'auto'")
-    return kind
 
 
 def make_span_head(kind: str, hidden_size: int) -> nn.Module:

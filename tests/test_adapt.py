@@ -34,7 +34,7 @@ from modprompt.modular.model import ModularPromptModel
 REPO = Path(__file__).resolve().parents[1]
 L, H, K, N, R = 2, 32, 8, 4, 4  # tiny backbones: layers, hidden; bank: modules, tokens, rank
 HEAD = 2 * H + 2  # the linear span head
-BILINEAR_HEAD = HEAD + 2 * H * 32  # its key and query of rank 32: the fresh head on a causal backbone
+BILINEAR_HEAD = HEAD + 2 * H * 32  # its key and query of rank 32 (span_head "bilinear")
 FAST = {"max_length": 96, "batch_size": 8, "eval_every": 2, "max_steps": 4, "test_limit": 20}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,7 +76,7 @@ def test_trainable_parameter_counts(kind, request, tmp_path):
     backbone = load_backbone(folder)
     bank = make_bank(backbone, tmp_path / "bank")
     body = sum(p.numel() for p in load_backbone(folder).parameters())
-    head = BILINEAR_HEAD if backbone.causal else HEAD
+    head = HEAD  # every backbone's default: the linear head of the bank's shape
     expected = {
         "route-only": K,
         "route-per-layer": L * K,
@@ -91,7 +91,7 @@ def test_trainable_parameter_counts(kind, request, tmp_path):
         (AdaptConfig("mp2", router_shared=True), K + L * K * N * R + L * R * H),
         (AdaptConfig("mp2", mp2_tune="modules"), L * K + L * K * N * R),
         (AdaptConfig("pt", num_tokens=7), 7 * H + head),
-        (AdaptConfig("pt", span_head="linear"), N * H + HEAD),
+        (AdaptConfig("pt", span_head="bilinear"), N * H + BILINEAR_HEAD),
         (AdaptConfig("ft", span_head="bilinear"), body + BILINEAR_HEAD),
     ]
     for config, count in variants:
@@ -381,7 +381,7 @@ def test_runs_saved_before_windows_and_the_bilinear_head_reopen_as_they_ran(deco
     assert type(loaded.head).__name__ == "SpanHead" and not loaded.encoder().config.windows
     assert loaded.config.long_passages == "cut"
     new = create_method(decoder, AdaptConfig("pt", **FAST), "eprstmt", bank)  # a new run on a causal backbone
-    assert new.config.span_head == "bilinear" and new.encoder().config.windows  # recorded resolved
+    assert new.config.span_head == "linear" and type(new.head).__name__ == "SpanHead" and new.encoder().config.windows
     assert create_method(decoder, AdaptConfig("route-only"), "eprstmt", bank).config.span_head == "linear"
     with pytest.raises(ValueError, match="keeps the linear span head"):
         create_method(decoder, AdaptConfig("route-only", span_head="bilinear"), "eprstmt", bank)
@@ -505,7 +505,7 @@ def test_fewshot_benchmark_stores_resumes_and_aggregates(tiny_decoder, bank, dat
     stored = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "fewshot").rglob("seed*.json"))
     assert stored == [f"fewshot/{m}/{t}/seed0.json" for m in ("pt", "route-only") for t in ("bustm", "eprstmt")]
     route = summary["methods"]["route-only"]
-    assert route["trainable_parameters"] == 8 and summary["methods"]["pt"]["trainable_parameters"] == N * H + BILINEAR_HEAD
+    assert route["trainable_parameters"] == 8 and summary["methods"]["pt"]["trainable_parameters"] == N * H + HEAD
     assert route["tasks"]["eprstmt"]["n"] == 1 and route["tasks"]["eprstmt"]["std"] == 0.0
     expected = (route["tasks"]["eprstmt"]["mean"] + route["tasks"]["bustm"]["mean"]) / 2
     assert route["average"] == pytest.approx(expected)

@@ -7,20 +7,22 @@ is never a candidate and carries a huge logit, which only the candidate mask kee
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from modprompt.backbone import load_backbone
-from modprompt.data.encoding import IGNORE_INDEX
+from modprompt.backbone import Backbone, load_backbone
+from modprompt.data.encoding import IGNORE_INDEX, EncodingConfig, MRCEncoder
 from modprompt.head import (
     BilinearSpanHead,
     SpanHead,
     best_spans,
     make_span_head,
     option_scores,
-    resolve_span_head,
     scored_spans,
     span_log_probs,
     span_loss,
@@ -140,9 +142,7 @@ def test_the_linear_head_computes_what_it_always_did():
     assert set(head.state_dict()) == {"proj.weight", "proj.bias"}  # the tensors every saved bank holds
 
 
-def test_heads_by_name_and_auto():
-    assert resolve_span_head("auto", causal=True) == "bilinear" and resolve_span_head("auto", causal=False) == "linear"
-    assert resolve_span_head("linear", causal=True) == "linear"
+def test_heads_by_name():
     assert isinstance(make_span_head("bilinear", 8), BilinearSpanHead) and type(make_span_head("linear", 8)) is SpanHead
     with pytest.raises(ValueError, match="unknown span head"):
         make_span_head("cubic", 8)
@@ -163,3 +163,38 @@ def test_on_a_causal_backbone_the_bilinear_start_reads_later_tokens(tiny_decoder
     assert torch.equal(hidden[0, :6], hidden[1, :6]) and torch.equal(start[0, 2], start[1, 2])
     assert torch.equal(pair[0, 2, :6], pair[1, 2, :6])  # ends before the change: nothing differs
     assert not torch.isclose(pair[0, 2, 6:], pair[1, 2, 6:]).any()
+
+
+def test_the_span_probe_reads_each_window_s_states_back_and_trains_from_its_cache(tiny_decoder, data_root, tmp_path,
+                                                                                  monkeypatch):  # fmt: skip
+    # benchmarks/span_probe.py trains heads on cached states: a batch's cached states must be the backbone's own,
+    # row by row whatever the batch's order and padding, and a second run must not run the backbone again.
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(benchmarks)  # as when run as a script: it imports machine beside it
+    spec = importlib.util.spec_from_file_location("span_probe", benchmarks / "span_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    argv = ["span_probe.py", "--backbone", str(tiny_decoder), "--data", str(data_root), "--sizes", "2", "4",
+            "--seeds", "0", "--steps", "50", "--test-limit", "3", "--work", str(tmp_path), "--out", str(tmp_path / "r")]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    probe.main()
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [(c["train_questions"], c["head"]) for c in result["cells"]] == [
+        (2, "linear"), (2, "bilinear"), (4, "linear"), (4, "bilinear")]  # fmt: skip
+    assert all(0 <= c["f1"] <= 1 and c["chosen_step"] in (0, 50) for c in result["cells"])
+
+    (cache,) = tmp_path.glob("*.safetensors")
+    states = probe.load_file(cache)
+    backbone = load_backbone(tiny_decoder)
+    encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(max_length=256, windows=True))
+    task = probe.resolve_task(None, probe.SPEC.resolve())
+    _, dev, _ = probe.fewshot_splits(task, 0, data_root, k_per_label=4)
+    windows = [w for ws in encoder.encode_windows(dev) for w in ws][::-1]
+    batch = encoder.collate(windows)
+    with torch.no_grad():
+        live = backbone(batch["input_ids"], batch["attention_mask"])
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(probe.padded_states(states, batch)[mask], live[mask], atol=1e-5)
+
+    monkeypatch.setattr(Backbone, "forward", lambda *a: pytest.fail("the backbone ran again"))
+    probe.main()  # every state from the cache

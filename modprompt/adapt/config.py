@@ -99,12 +99,12 @@ class AdaptConfig:
         ),
     )
     span_head: str = field(
-        default="auto",
+        default="linear",
         metadata=flag_help(
-            "the fresh span head of pt, deep-pt, ft, child-f and child-d: 'linear', 'bilinear' (a span scored with "
-            "its end token's state, modprompt.head.BilinearSpanHead) or 'auto' (bilinear on a causal backbone, "
-            "linear on a bidirectional one); bank methods and prefinetune keep their own (linear) head",
-            choices=("auto", "linear", "bilinear"),
+            "the fresh span head of pt, deep-pt, ft, child-f and child-d: 'linear' (the bank's kind) or "
+            "'bilinear' (a span also scored with its end token's state, modprompt.head.BilinearSpanHead; measured "
+            "worse on Gemma, see modprompt/head.py); bank methods and prefinetune keep their own (linear) head",
+            choices=("linear", "bilinear"),
         ),
     )
     num_tokens: int | None = field(
@@ -182,8 +182,8 @@ class AdaptConfig:
             )
         if self.long_passages not in ("windows", "cut"):
             raise ValueError(f"long_passages must be 'windows' or 'cut', not {self.long_passages!r}")
-        if self.span_head not in ("auto", "linear", "bilinear"):
-            raise ValueError(f"span_head must be 'auto', 'linear' or 'bilinear', not {self.span_head!r}")
+        if self.span_head not in ("linear", "bilinear"):
+            raise ValueError(f"span_head must be 'linear' or 'bilinear', not {self.span_head!r}")
         if self.mp2_tune not in ("modules", "projection", "both"):
             raise ValueError(f"mp2_tune must be 'modules', 'projection' or 'both', not {self.mp2_tune!r}")
         for name in ("k_per_label", "max_length", "batch_size", "max_epochs", "eval_batch_size"):

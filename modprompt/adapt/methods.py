@@ -14,24 +14,22 @@ Methods (trainable numbers for Gemma 3 270M: 18 layers, hidden 640, K 8, n 16, r
   with its sigmoid (as at test time) and tunes the bank's modules and/or projections (``mp2_tune``).
 * ``route-only`` (8): only a router shared by all layers, K numbers.
 * ``route-per-layer`` (144): only a per-layer router, layers × K numbers.
-* ``pt`` (52,482; 11,522 with ``span_head`` linear): vanilla prompt tuning, n soft tokens at the input
+* ``pt`` (11,522; 52,482 with ``span_head`` bilinear): vanilla prompt tuning, n soft tokens at the input
   layer plus a fresh head.
-* ``deep-pt`` (226,562; 185,602 linear): free prompts at every layer trained from scratch plus a fresh head;
+* ``deep-pt`` (185,602; 226,562 bilinear): free prompts at every layer trained from scratch plus a fresh head;
   no bank. Deep prompts as P-tuning v2 has them, in MP2's form (see :class:`DeepPromptTuning`).
-* ``ft`` (268,140,418: every backbone weight + head; 268,099,458 linear): full fine-tuning with a fresh head
+* ``ft`` (268,099,458: every backbone weight + head; 268,140,418 bilinear): full fine-tuning with a fresh head
   and no prompts.
 
 The bank methods reuse the bank's pre-trained MRC head, frozen: it was trained with the bank on every
 upstream task in the same MRC format, so it is part of the pre-trained reader, and keeping it frozen
 leaves route-only at exactly K trainable numbers and MP2's stage 2 tuning only the prompts, as in MP2.
 The bank is copied into memory; the files on disk are never written. The methods without a bank train
-a freshly initialised head, which they could not do without: of ``AdaptConfig.span_head``, by default
-(``auto``) the bilinear head on a causal backbone (2 × hidden + 2 + 2 × hidden × 32 numbers: 42,242 on
-Gemma; a linear start cannot see the span it starts, :mod:`modprompt.head`) and the linear head of the
-bank's shape (2 × hidden + 2) on a bidirectional one. So on Gemma a baseline's head is not the bank
-methods' kind unless ``span_head`` is ``linear``; the few-shot tables set it so (``benchmarks/README.md``).
-The head kind is saved resolved; a run saved before ``span_head`` existed had, and reopens with, the linear
-head. ``prefinetune`` keeps its pre-finetuned model's linear head.
+a freshly initialised head, which they could not do without: of ``AdaptConfig.span_head``, by default the
+linear head of the bank's shape (2 × hidden + 2 numbers), or the bilinear one (2 × hidden + 2 + 2 × hidden ×
+32: 42,242 on Gemma), which scores a span with its end token's state too; measured worse on frozen Gemma,
+:mod:`modprompt.head` says where and why. A run saved before ``span_head`` existed had, and reopens with, the
+linear head. ``prefinetune`` keeps its pre-finetuned model's linear head.
 
 The backbone runs in eval mode (no dropout) for every method, ``ft`` included, so that every method
 sees the same network and a run is deterministic given its seed.
@@ -59,7 +57,7 @@ from modprompt.checksum import file_sha256
 from modprompt.data.encoding import EncodingConfig, MRCEncoder
 from modprompt.data.mrc import MRCExample
 from modprompt.device import resolve_device
-from modprompt.head import make_span_head, resolve_span_head
+from modprompt.head import make_span_head
 from modprompt.hooks import hooked
 from modprompt.modular.model import PROMPT_OFFSET, ModularPromptModel, PromptInjector, layer_rms, read_bank_config
 from modprompt.modular.model import SHIPPED_BANKS
@@ -116,14 +114,11 @@ class AdaptMethod(nn.Module, ABC):
         super().__init__()
         if self.needs_bank and bank_dir is None:
             raise ValueError(f"method {self.name!r} adapts a pre-trained prompt bank; give one (--bank)")
-        if not self.fresh_head and config.span_head not in ("auto", "linear"):
+        if not self.fresh_head and config.span_head != "linear":
             raise ValueError(
                 f"method {self.name!r} keeps the linear span head it was pre-trained with; "
                 f"span_head {config.span_head!r} applies to a fresh head (pt, deep-pt, ft, child-f, child-d)"
             )
-        # The head kind is recorded resolved, so that an adapted run reopens with the head it trained.
-        head = resolve_span_head(config.span_head, backbone.causal) if self.fresh_head else "linear"
-        config = replace(config, span_head=head)
         self.config = config
         self.task = task
         self.bank_dir = Path(bank_dir).resolve() if bank_dir is not None else None

@@ -29,7 +29,6 @@ from modprompt.data.spec import load_spec
 from modprompt.data.task import Task, get_task
 from modprompt.device import resolve_device
 from modprompt.evaluate import evaluate, main_metric
-from modprompt.head import resolve_span_head
 from modprompt.modular.model import WEIGHTS_NAME as BANK_WEIGHTS
 from modprompt.modular.model import read_bank_config
 
@@ -53,15 +52,13 @@ def fit_max_length(config: AdaptConfig, backbone: Backbone, examples: list[MRCEx
     return dataclasses.replace(config, max_length=needed)
 
 
-def settings_in_effect(config: AdaptConfig, task: str | Task, causal: bool) -> AdaptConfig:
+def settings_in_effect(config: AdaptConfig, task: str | Task) -> AdaptConfig:
     """``config`` with the settings that cannot change its run on ``task`` put as they act, so that two configs
-    equal here run alike: the span head resolved on a backbone of this attention (``linear`` for a method that
-    keeps a pre-trained head), and ``long_passages`` ``"cut"`` for a task without extractive passages (only
-    those are ever windowed)."""
+    equal here run alike: ``long_passages`` ``"cut"`` for a task without extractive passages (only those are
+    ever windowed)."""
     task = task if isinstance(task, Task) else get_task(task)
-    head = resolve_span_head(config.span_head, causal) if METHODS[config.method].fresh_head else "linear"
     passages = config.long_passages if task.kind is TaskKind.EXTRACTIVE_QA else "cut"
-    return dataclasses.replace(config, span_head=head, long_passages=passages)
+    return dataclasses.replace(config, long_passages=passages)
 
 
 def resolve_task(task: str | Task | None, task_spec: str | Path | None = None) -> Task:
