@@ -23,6 +23,7 @@ best span over a question's windows):
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -39,6 +40,7 @@ from modprompt.adapt.run import resolve_task
 from modprompt.backbone import load_backbone
 from modprompt.data.encoding import EncodedExample, EncodingConfig, MRCEncoder, training_windows
 from modprompt.data.fewshot import fewshot_splits, subset
+from modprompt.data.mrc import MRCExample
 from modprompt.evaluate import predict, score
 from modprompt.head import candidate_log_probs, make_span_head, span_log_probs, span_loss
 
@@ -110,10 +112,12 @@ def boundary_accuracy(forward, encoder: MRCEncoder, windows: list[EncodedExample
     return tuple((hits / len(windows)).tolist())
 
 
-def run_cell(states, encoder, train: list[EncodedExample], dev, test, later: list[bool], head_kind: str, seed: int,
-             steps: int, lr: float) -> dict:  # fmt: skip
+def run_cell(states, encoder, train: list[EncodedExample], dev: list[MRCExample], test: list[MRCExample],
+             later: list[bool], answered: list[EncodedExample], head_kind: str, seed: int, steps: int,
+             lr: float) -> dict:  # fmt: skip
     """Train one fresh head on ``train``'s windows; the dev-best head's test EM/F1, over all test questions and
-    apart for those whose answer lies beyond the first window (``later``: the ones a cut passage loses)."""
+    apart for those whose answer lies beyond the first window (``later``: the ones a cut passage loses), and its
+    start and end accuracy over ``answered``, the test windows holding their answer."""
     torch.manual_seed(seed)
     head = make_span_head(head_kind, next(iter(states.values())).shape[-1])
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
@@ -128,8 +132,8 @@ def run_cell(states, encoder, train: list[EncodedExample], dev, test, later: lis
         head.train()
         return metrics["f1"]
 
-    best, best_step, best_state, curve = dev_f1(), 0, {k: v.clone() for k, v in head.state_dict().items()}, []
-    curve.append((0, best))
+    best, best_step, best_state = dev_f1(), 0, copy.deepcopy(head.state_dict())
+    curve = [(0, best)]
     for step in range(1, steps + 1):
         picks = torch.randint(len(train), (BATCH,), generator=order).tolist()
         batch = encoder.collate([train[i] for i in picks])
@@ -141,13 +145,12 @@ def run_cell(states, encoder, train: list[EncodedExample], dev, test, later: lis
             f1 = dev_f1()
             curve.append((step, f1))
             if f1 >= best:
-                best, best_step, best_state = f1, step, {k: v.clone() for k, v in head.state_dict().items()}
+                best, best_step, best_state = f1, step, copy.deepcopy(head.state_dict())
     head.load_state_dict(best_state)
     head.eval()
     predictions = predict(forward, encoder, test, batch_size=32, progress=False)
     metrics = score(predictions)
     first, beyond = (score([p for p, x in zip(predictions, later) if x == side]) for side in (False, True))
-    answered = [w for ws in encoder.encode_windows(test, report=False) for w in ws if w.answer_span is not None]
     start_accuracy, end_accuracy = boundary_accuracy(forward, encoder, answered)
     return {"exact_match": metrics["exact_match"], "f1": metrics["f1"], "f1_first_window": first.get("f1"),
             "f1_later_windows": beyond.get("f1"), "start_accuracy": start_accuracy, "end_accuracy": end_accuracy,
@@ -206,7 +209,9 @@ def main() -> None:
     dev, test = dev[:DEV_QUESTIONS], subset(test, args.test_limit)
     encoder = MRCEncoder(backbone.tokenizer, EncodingConfig(max_length=256, windows=True))
     train_windows = {n: training_windows(encoder.encode_windows(train_all[:n])) for n in args.sizes}
-    every = train_windows[max(args.sizes)] + [w for ws in encoder.encode_windows(dev + test) for w in ws]
+    test_windows = [w for ws in encoder.encode_windows(test) for w in ws]
+    every = train_windows[max(args.sizes)] + [w for ws in encoder.encode_windows(dev) for w in ws] + test_windows
+    answered = [w for w in test_windows if w.answer_span is not None]
     # the test questions a passage cut at max_length loses (the windows' comparison across windows decides them)
     later = [e.answer_lost for e in MRCEncoder(backbone.tokenizer, EncodingConfig(max_length=256)).encode_all(
         test, report=False)]  # fmt: skip
@@ -217,8 +222,8 @@ def main() -> None:
         for head in HEADS:
             for seed in args.seeds:
                 started = time.perf_counter()
-                cell = run_cell(states, encoder, train_windows[n], dev, test, later, head, seed, args.steps,
-                                args.lr)  # fmt: skip
+                cell = run_cell(states, encoder, train_windows[n], dev, test, later, answered, head, seed,
+                                args.steps, args.lr)  # fmt: skip
                 cell = {"train_questions": n, "train_windows": len(train_windows[n]), "head": head, "seed": seed,
                         **cell, "seconds": time.perf_counter() - started}  # fmt: skip
                 logger.info("%d questions, %s, seed %d: EM %.3f F1 %.3f (dev %.3f at step %d)", n, head, seed,
