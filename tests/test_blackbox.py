@@ -19,7 +19,7 @@ from modprompt.blackbox.config import TuneConfig
 from modprompt.blackbox.objective import InProcessObjective, Objective
 from modprompt.blackbox.params import Candidate, CandidateResult, Limits, ModelInfo, ScoreReply, Space, routed_mix
 from modprompt.blackbox.router_bo import RouterSearch
-from modprompt.blackbox.scoring import ParameterError, Scorer, length_chunks
+from modprompt.blackbox.scoring import ParameterError, Scorer, UnknownDataset, clipped_std, length_chunks
 from modprompt.blackbox.state import load_state
 from modprompt.blackbox.tune import bank_modules, tune
 from modprompt.cli import main
@@ -151,6 +151,9 @@ def test_scores_match_evaluate_predictions(banks, splits):
         (Candidate(intrinsic={0: [0.0] * 16}), Space.random(0, 4), "candidates.0.intrinsic.0"),
         (Candidate(), Space.random(0, 5000), "space.dim"),
         (Candidate(), Space("other"), "space.kind"),
+        (Candidate(), Space.random(0, 4, [1.0]), "space.scale"),  # one per layer: the model has 2
+        (Candidate(), Space.random(0, 4, [1.0, 0.0]), "space.scale"),
+        (Candidate(), Space.random(0, 4, [1.0, float("inf")]), "space.scale"),
     ],
 )
 def test_bad_candidates_name_the_field(banks, splits, candidate, space, field):
@@ -337,6 +340,9 @@ class _Synthetic(Objective):
         self.sets.append(["train", "dev", "test"][len(self.sets)])
         return self.sets[-1]
 
+    def _spread(self, part):
+        raise AssertionError("mp2-bb never asks for the hidden states' spread")
+
     def _score(self, part, candidates, space, base, with_scores) -> ScoreReply:
         results = []
         for candidate in candidates:
@@ -450,19 +456,92 @@ def test_configs_saved_before_mp2_fidelity_read_as_they_ran(tmp_path):
     assert search.optimizer.acq_func == "gp_hedge"  # scikit-optimize's default, as then
 
 
+class _Spaces(InProcessObjective):
+    """Keeps the space of every score call."""
+
+    def __init__(self, scorer) -> None:
+        super().__init__(scorer)
+        self.spaces: list[Space] = []
+
+    def _score(self, part, candidates, space, base, with_scores):
+        self.spaces.append(space)
+        return super()._score(part, candidates, space, base, with_scores)
+
+
 @pytest.mark.parametrize(("method", "layers"), [("bbt", ["0"]), ("bbtv2", ["0", "1"])])
 def test_baselines_search_random_projections(banks, splits, method, layers):
     scorer = _scorer(_model(banks, "encoder"))
     train, dev, test = splits
-    config = TuneConfig(method, seed=0, prompt_evaluations=16, popsize=4, dim=6)
-    result = tune(InProcessObjective(scorer), "eprstmt", train, dev, test, config)
+    config = TuneConfig(method, seed=0, prompt_evaluations=16, popsize=4, dim=6, sigma=0.5, sigma_first=0.25)
+    objective = _Spaces(scorer)
+    result = tune(objective, "eprstmt", train, dev, test, config)
     assert result["trainable_parameters"] == 6 * len(layers)
     assert result["evaluations"]["router"] == 0 and result["evaluations"]["prompt"] == 16
     assert "router" not in result["parameters"] and sorted(result["parameters"]["intrinsic"]) == layers
     assert all(len(v) == 6 and max(map(abs, v)) <= 5 for v in result["parameters"]["intrinsic"].values())
     history = [h["layer"] for h in result["history"]]
     assert history == [int(layers[g % len(layers)]) for g in range(4)]  # layers in turn
-    assert result["calls"] == 4 + result["evaluations"]["dev"] + 1  # generations + dev + test, one call each
+    # the spread once, then generations + dev + test, one call each
+    assert result["calls"] == 1 + 4 + result["evaluations"]["dev"] + 1
+    # BBTv2's normal projection: the train inputs' spread over each layer's step size (0.25 first, then 0.5)
+    spread = scorer.spread(scorer.dataset_id(train))["spread"]
+    assert result["spread"] == spread
+    expected = Space.random(0, 6, [spread[0] / 0.25, spread[1] / 0.5])
+    assert objective.spaces and all(space == expected for space in objective.spaces)
+
+
+def test_clipped_std_is_bbtv2s_outlier_clipping():
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.3, 2.0, 50_000)
+    values[:40] = 3000.0  # a few huge activations, as in a residual stream's outlying dimensions
+    x = values.copy()  # deepbbt.py's loop, in numpy
+    mu, sd = x.mean(), x.std()
+    for _ in range(5):
+        x = np.clip(x, mu - 3 * sd, mu + 3 * sd)
+        mu, sd = x.mean(), x.std()
+    assert clipped_std(torch.tensor(values)) == pytest.approx(sd, rel=1e-12)
+    assert 1.9 < sd < 2.1 and np.sqrt((values**2).mean()) > 40 * sd  # the RMS is ruled by the outliers
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_spread_is_the_clipped_std_of_every_blocks_input(kind, banks, splits):
+    model = _model(banks, kind)
+    scorer = _scorer(model)
+    train = splits[0]
+    reply = scorer.spread(scorer.add_dataset(train)["id"])
+    # The same states another way: the whole set in one padded batch, each block's input at the real tokens.
+    batch = scorer.encoder.collate(scorer.encoder.encode_all(train))
+    mask = batch["attention_mask"].bool()
+    states: list[torch.Tensor] = []
+    hooks = [block.register_forward_pre_hook(
+        lambda module, args, kwargs: states.append((args[0] if args else kwargs["hidden_states"])[mask].flatten()),
+        with_kwargs=True) for block in model.backbone.blocks]  # fmt: skip
+    try:
+        with torch.no_grad():
+            model.backbone(batch["input_ids"], batch["attention_mask"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(reply["spread"]) == model.config.num_layers == len(states)
+    assert reply["tokens"] == int(mask.sum())
+    for got, values in zip(reply["spread"], states):
+        assert got == pytest.approx(clipped_std(values), rel=1e-4)
+    with pytest.raises(UnknownDataset):
+        scorer.spread("0" * 32)
+
+
+def test_a_random_spaces_scale_sets_its_projections_size(banks):
+    scorer = _scorer(_model(banks, "decoder"))
+    z = torch.randn(6, generator=torch.Generator().manual_seed(0)).tolist()
+    candidate = Candidate(intrinsic={0: z, 1: z})
+    rms = scorer.model.bank.layer_scale.tolist()
+    plain = scorer.prompts(candidate, Space.random(3, 6))
+    scaled = scorer.prompts(candidate, Space.random(3, 6, [2.0, 0.5]))
+    for layer, scale in enumerate([2.0, 0.5]):  # the same draw, multiplied: scale in place of the layer's RMS
+        assert torch.allclose(scaled[0, layer], plain[0, layer] * scale / rms[layer], rtol=1e-5, atol=1e-6)
+    big = torch.randn(512, generator=torch.Generator().manual_seed(1)).tolist()
+    prompt = scorer.prompts(Candidate(intrinsic={1: big}), Space.random(3, 512, [1.0, 7.0]))[0, 1]
+    assert 6.0 < prompt.std().item() < 8.0  # a unit-variance z gives entries of std scale[l]
 
 
 def test_blackbox_benchmark_stores_resumes_and_aggregates(banks, data_root, tmp_path, monkeypatch):

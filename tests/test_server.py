@@ -226,6 +226,18 @@ BAD = [
     ("neither", "POST", "/v1/score", None, {"candidates": [{}], "examples": None}, 422, "dataset"),
     ("an unknown dataset", "POST", "/v1/score", None, {"candidates": [{}], "examples": None, "dataset": HEX}, 404,
      "dataset"),
+    ("a scale per layer short of one", "POST", "/v1/score", None,
+     {"candidates": [{}], "space": {"kind": "random", "seed": 0, "dim": 4, "scale": [1.0]}}, 422, "space.scale"),
+    ("a scale of zero", "POST", "/v1/score", None,
+     {"candidates": [{}], "space": {"kind": "random", "seed": 0, "dim": 4, "scale": [1.0, 0.0]}}, 422, "space.scale"),
+    ("a string for a scale", "POST", "/v1/score", None,
+     {"candidates": [{}], "space": {"kind": "random", "seed": 0, "dim": 4, "scale": ["1", 1.0]}}, 422,
+     "space.scale.0"),
+    ("the spread of an unknown dataset", "POST", "/v1/spread", None, _raw({"dataset": HEX}), 404, "dataset"),
+    ("the spread of no dataset", "POST", "/v1/spread", None, _raw({}), 422, "dataset"),
+    ("the spread of a malformed id", "POST", "/v1/spread", None, _raw({"dataset": "../x"}), 422, "dataset"),
+    ("the spread with an extra member", "POST", "/v1/spread", None, _raw({"dataset": HEX, "layers": [0]}), 422,
+     "layers"),
 ]  # fmt: skip
 
 
@@ -516,7 +528,7 @@ def test_largest_legal_request_is_served_and_a_flood_of_values_is_refused_before
         dim = scorer.max_random_dim
         widest = {"intrinsic": {str(layer): [0.01] * dim for layer in range(2)}}
         largest = {"dataset": None, "examples": [example_to_dict(e) for e in splits[1][:1]],
-                   "space": {"kind": "random", "seed": 0, "dim": dim}, "base": widest,
+                   "space": {"kind": "random", "seed": 0, "dim": dim, "scale": [1.0, 2.0]}, "base": widest,
                    "candidates": [widest] * limits.max_candidates}  # fmt: skip
         largest.pop("dataset")
         response = httpx.post(server.url + "/v1/score", json=largest, headers=auth, timeout=120)
@@ -592,6 +604,19 @@ def test_population_scoring_matches_in_process(served):
     assert remote.usage.calls == 2 and remote.usage.evaluations == 10  # 10 candidates at 6 per call
     assert remote.usage.tokens == local.usage.tokens > 0 and remote.client.stats.tokens == remote.usage.tokens
     assert len({r.loss for r in got}) == 10
+
+
+def test_the_spread_over_http_is_the_scorers(served, http):
+    url, scorer, splits = served
+    dataset = http.post("/v1/datasets", json={"examples": [example_to_dict(e) for e in splits[0]]}).json()["id"]
+    reply = http.post("/v1/spread", json={"dataset": dataset})
+    assert reply.status_code == 200, reply.text[:300]
+    assert reply.json() == scorer.spread(dataset)
+    remote = RemoteObjective(Client(url, KEY))
+    train = remote.upload(splits[0])
+    scorer._datasets.clear()  # as after a restart: the set is uploaded again
+    assert remote.spread(train) == reply.json()["spread"]
+    assert remote.usage.calls == 1 and remote.usage.tokens == reply.json()["tokens"]
 
 
 def test_layer_cache_over_http_is_exact(served, http):
@@ -728,6 +753,7 @@ def test_killed_client_resumes_where_it_stopped(served, tmp_path):
     resumed = tune(RemoteObjective(Client(url, KEY)), "eprstmt", *splits, config, state)
     straight = tune(RemoteObjective(Client(url, KEY)), "eprstmt", *splits, config, tmp_path / "straight.state")
     assert resumed["sessions"] == 2 and straight["sessions"] == 1
-    for key in ("parameters", "history", "evaluations", "examples_seen", "metric", "best_dev"):
+    for key in ("parameters", "history", "evaluations", "examples_seen", "metric", "best_dev", "spread"):
         assert resumed[key] == straight[key], key
+    assert len(straight["spread"]) == 2 and min(straight["spread"]) > 0
     assert straight["evaluations"]["prompt"] == 48 and len(straight["history"]) == 12

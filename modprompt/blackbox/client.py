@@ -112,6 +112,10 @@ class Client:
         """Register examples (``query``, ``passage``, ``options``, ``label``); returns their id and sizes."""
         return self._request("POST", "/v1/datasets", {"examples": examples})
 
+    def spread(self, dataset_id: str) -> dict:
+        """The per-layer spread of the hidden states on a registered set (``POST /v1/spread``)."""
+        return self._request("POST", "/v1/spread", {"dataset": dataset_id})
+
     def score(self, body: dict) -> dict:
         reply = self._request("POST", "/v1/score", body)
         self.stats.tokens += reply.get("tokens", 0)

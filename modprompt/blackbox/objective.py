@@ -42,7 +42,7 @@ class ExampleSet:
 class Usage:
     """What an objective has cost so far."""
 
-    calls: int = 0  # score requests
+    calls: int = 0  # requests to the model: scores, and the one spread of a BBT / BBTv2 run
     evaluations: int = 0  # candidates scored, each on one example set
     examples: int = 0  # examples forwarded, over every candidate
     tokens: int = 0  # input tokens forwarded, over every candidate
@@ -102,6 +102,16 @@ class Objective(ABC):
         self.usage.evaluations += len(candidates)
         return results
 
+    def spread(self, examples: ExampleSet) -> list[float]:
+        """The spread of the hidden states entering each layer on ``examples`` with no prompt (BBTv2's
+        measure, :meth:`~modprompt.blackbox.scoring.Scorer.spread`), read on its first part."""
+        started = time.perf_counter()
+        reply = self._spread(examples.parts[0])
+        self.usage.seconds += time.perf_counter() - started
+        self.usage.calls += 1
+        self.usage.tokens += reply["tokens"]  # one forward pass over the part
+        return reply["spread"]
+
     @abstractmethod
     def _fetch_info(self) -> ModelInfo: ...
 
@@ -112,6 +122,9 @@ class Objective(ABC):
     def _score(
         self, part: str, candidates: list[Candidate], space: Space, base: Candidate | None, with_scores: bool
     ) -> ScoreReply: ...
+
+    @abstractmethod
+    def _spread(self, part: str) -> dict: ...
 
 
 class InProcessObjective(Objective):
@@ -129,6 +142,9 @@ class InProcessObjective(Objective):
 
     def _score(self, part, candidates, space, base, with_scores) -> ScoreReply:
         return self.scorer.score(part, candidates, space, base, with_scores=with_scores)
+
+    def _spread(self, part: str) -> dict:
+        return self.scorer.spread(part)
 
 
 class RemoteObjective(Objective):
@@ -149,8 +165,6 @@ class RemoteObjective(Objective):
         return dataset_id
 
     def _score(self, part, candidates, space, base, with_scores) -> ScoreReply:
-        from modprompt.blackbox.client import ServerError
-
         body = {
             "dataset": part,
             "space": space.to_dict(),
@@ -159,12 +173,21 @@ class RemoteObjective(Objective):
         }
         if base is not None:
             body["base"] = base.to_dict()
+        return ScoreReply.from_dict(self._on(part, lambda: self.client.score(body)))
+
+    def _spread(self, part: str) -> dict:
+        return self._on(part, lambda: self.client.spread(part))
+
+    def _on(self, part: str, call):
+        """``call()``, once more after uploading ``part`` again if the server has forgotten it."""
+        from modprompt.blackbox.client import ServerError
+
         try:
-            return ScoreReply.from_dict(self.client.score(body))
+            return call()
         except ServerError as err:
             if err.status != 404 or part not in self._examples:
                 raise
             logger.warning("the server no longer holds example set %s; uploading it again", part)
             if self.client.upload(self._examples[part])["id"] != part:
                 raise RuntimeError("the server gives the re-uploaded example set another id") from err
-            return ScoreReply.from_dict(self.client.score(body))
+            return call()

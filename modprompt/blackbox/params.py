@@ -13,8 +13,11 @@ A candidate is read in a *space*:
   router (and a base without one) states each layer's intrinsic vector itself: that is how ``mp2-bb``
   searches MP2's bounded intrinsic vectors, started at :func:`routed_mix` of the chosen router.
 * ``random`` (BBT, BBTv2): layer ``l``'s prompt is ``A_l z_l`` with ``z_l = intrinsic[l]`` (``dim``
-  numbers) and ``A_l`` a fixed random projection drawn from ``seed``; layers without a vector get no
-  prompt. There is no router.
+  numbers) and ``A_l`` a fixed random projection drawn from ``seed``, its entries normal with std
+  ``scale[l] / sqrt(dim)``; layers without a vector get no prompt. There is no router. BBT and BBTv2
+  set ``scale[l]`` to the hidden states' spread (:meth:`~modprompt.blackbox.objective.Objective.spread`)
+  over their CMA-ES step size, so that their first candidates have the spread of the states they are
+  added to; without ``scale`` it is the bank's layer RMS (runs made before this field).
 
 A request may carry a *base* candidate: each candidate is the base with the candidate's own router (if
 any) and its own layers' vectors put in place of the base's. Layer-wise search then sends the current
@@ -39,9 +42,17 @@ class Space:
     kind: str = "bank"
     seed: int = 0  # random space: seed of the projections
     dim: int = 0  # random space: numbers per layer
+    scale: tuple[float, ...] | None = None  # random space: per-layer projection scale (None: the bank's RMS)
+
+    def __post_init__(self) -> None:
+        if self.scale is not None:  # hashable and frozen, whatever sequence it was given as
+            object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
 
     def to_dict(self) -> dict:
-        return asdict(self) if self.kind == "random" else {"kind": self.kind}
+        if self.kind != "random":
+            return {"kind": self.kind}
+        data = {"kind": self.kind, "seed": self.seed, "dim": self.dim}
+        return data if self.scale is None else {**data, "scale": list(self.scale)}
 
     @classmethod
     def from_dict(cls, data: dict) -> Space:
@@ -52,8 +63,8 @@ class Space:
         return cls("bank")
 
     @classmethod
-    def random(cls, seed: int, dim: int) -> Space:
-        return cls("random", seed, dim)
+    def random(cls, seed: int, dim: int, scale: Sequence[float] | None = None) -> Space:
+        return cls("random", seed, dim, None if scale is None else tuple(scale))
 
 
 @dataclass

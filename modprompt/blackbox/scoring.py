@@ -42,6 +42,7 @@ from modprompt.blackbox.params import Candidate, CandidateResult, Limits, ModelI
 from modprompt.data.encoding import IGNORE_INDEX, EncodingConfig, MRCEncoder
 from modprompt.data.mrc import MRCExample
 from modprompt.head import option_scores, span_loss
+from modprompt.hooks import hooked
 from modprompt.metrics import accuracy
 from modprompt.modular.model import ModularPromptModel
 from modprompt.modular.router import route_weights
@@ -82,6 +83,24 @@ def length_chunks(lengths: Sequence[int], max_rows: int, overhead: float) -> lis
         chunks.append((cut[end], end))
         end = cut[end]
     return chunks[::-1]
+
+
+#: hidden-state values per layer that :meth:`Scorer.spread` reads at most (sampled evenly over a set's tokens)
+SPREAD_MAX_VALUES = 2**18
+
+
+def clipped_std(values: torch.Tensor, rounds: int = 5, width: float = 3.0) -> float:
+    """BBTv2's spread of hidden states: their std after ``rounds`` rounds of clipping every value to the
+    mean ± ``width`` std (``deepbbt.py``'s outlier clipping before it sizes its random projections).
+
+    A residual stream with a few huge dimensions (Gemma 3's) has an RMS many times this.
+    """
+    x = values.double().flatten()
+    mean, std = x.mean(), x.std(correction=0)
+    for _ in range(rounds):
+        x = x.clamp(mean - width * std, mean + width * std)
+        mean, std = x.mean(), x.std(correction=0)
+    return float(std)
 
 
 class ParameterError(ValueError):
@@ -308,6 +327,45 @@ class Scorer:
             raise UnknownDataset(dataset_id)
         return dataset.meta()
 
+    @torch.no_grad()
+    def spread(
+        self, dataset_id: str, lock_timeout: float | None = None, cancelled: Callable[[], bool] | None = None
+    ) -> dict:
+        """The spread (:func:`clipped_std`) of the hidden states entering each block on a registered set,
+        with no prompt: what BBTv2 sizes its random projections by, measured on its training inputs.
+
+        Every real token of the set counts (the prompt positions too, as in BBTv2), at most
+        :data:`SPREAD_MAX_VALUES` values per layer, drawn evenly over the chunks with a fixed seed.
+        Returns ``{"dataset", "spread": [one per layer], "tokens"}``.
+        """
+        with self._locked(lock_timeout, cancelled):
+            with self._table_lock:
+                entry = self._datasets.get(dataset_id)
+            if entry is None:
+                raise UnknownDataset(dataset_id)
+            generator = torch.Generator().manual_seed(0)
+            values: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers)]
+            mask, quota = None, 0
+
+            def recorder(layer: int):
+                def record(module, args, kwargs):
+                    hidden = (args[0] if args else kwargs["hidden_states"])[mask].flatten()
+                    if hidden.numel() > quota:
+                        hidden = hidden[torch.randint(hidden.numel(), (quota,), generator=generator).to(hidden.device)]
+                    values[layer].append(hidden.float().cpu())
+
+                return record
+
+            blocks = self.model.backbone.blocks
+            with hooked(((block, recorder(layer)) for layer, block in enumerate(blocks)), pre=True):
+                for index, chunk in enumerate(entry.chunks):
+                    if cancelled is not None and cancelled():
+                        raise Cancelled(f"the caller gave up after {index} of {len(entry.chunks)} chunks")
+                    mask = chunk.batch["attention_mask"].bool()
+                    quota = math.ceil(SPREAD_MAX_VALUES * chunk.tokens / entry.tokens)
+                    self.model.backbone(chunk.batch["input_ids"], chunk.batch["attention_mask"])
+        return {"dataset": dataset_id, "spread": [clipped_std(torch.cat(v)) for v in values], "tokens": entry.tokens}
+
     # -- candidates -----------------------------------------------------------------------------------
 
     def check(self, candidate: Candidate, space: Space, field: str) -> None:
@@ -340,6 +398,10 @@ class Scorer:
                 raise ParameterError("space.dim", f"must lie in 1..{self.max_random_dim}")
             if not 0 <= space.seed < 2**32:
                 raise ParameterError("space.seed", "must lie in 0..2**32-1")
+            if space.scale is not None and (
+                len(space.scale) != self.num_layers or not all(0 < s < math.inf for s in space.scale)
+            ):
+                raise ParameterError("space.scale", f"expected {self.num_layers} positive finite numbers, one per layer")
 
     def _numbers(self, values, field: str) -> torch.Tensor:
         try:
@@ -355,17 +417,18 @@ class Scorer:
     def _projection(self, space: Space, layer: int) -> torch.Tensor:
         """Layer ``layer``'s fixed random projection (dim, n × hidden) in the ``random`` space.
 
-        Entries are normal with std ``s_l / sqrt(dim)``, ``s_l`` the layer's hidden-state RMS (the bank's
-        calibrated ``layer_scale``), so a unit-variance ``z`` gives a prompt of the layer's typical size:
-        BBT's and BBTv2's normal initialisation from the embedding or hidden-state spread. Drawn on the
-        CPU, so a seed names the same projection on every device, then kept on the model's.
+        Entries are normal with std ``s_l / sqrt(dim)``, ``s_l`` the space's ``scale[l]`` (else the bank's
+        ``layer_scale``, the layer's hidden-state RMS), so a unit-variance ``z`` gives a prompt whose entries
+        have std ``s_l``. Drawn on the CPU, so a seed names the same projection on every device (the scale
+        only multiplies it), then kept on the model's.
         """
-        key = (space.seed, space.dim, layer)
+        scale = float(self.model.bank.layer_scale[layer]) if space.scale is None else space.scale[layer]
+        key = (space.seed, space.dim, layer, scale)
         projection = self._projections.get(key)
         if projection is None:
             c = self.config
             generator = torch.Generator().manual_seed(space.seed * 1_000_003 + layer)
-            std = float(self.model.bank.layer_scale[layer]) / math.sqrt(space.dim)
+            std = scale / math.sqrt(space.dim)
             projection = torch.randn(space.dim, c.num_tokens * c.hidden_size, generator=generator) * std
             projection = projection.to(self.device)
             self._projections.put(key, projection, projection.numel() * projection.element_size())
@@ -389,7 +452,8 @@ class Scorer:
                 if layer in candidate.intrinsic:
                     z = torch.tensor(candidate.intrinsic[layer], dtype=torch.float32)
                     prompts[0, layer] = (z.to(self.device) @ self._projection(space, layer)).view(c.num_tokens, -1)
-                    specs.append(f"random:{space.seed}:{space.dim}:".encode() + z.numpy().tobytes())
+                    scale = "" if space.scale is None else repr(space.scale[layer])
+                    specs.append(f"random:{space.seed}:{space.dim}:{scale}:".encode() + z.numpy().tobytes())
                 else:
                     specs.append(b"none")
         else:

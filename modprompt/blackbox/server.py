@@ -11,6 +11,10 @@ Endpoints (JSON; every one but ``/v1/health`` needs ``Authorization: Bearer <key
 * ``GET  /v1/datasets/{id}``: the sizes of a registered set (404 if the server does not hold it).
 * ``POST /v1/score`` ``{"dataset": id | "examples": [...], "space", "base", "candidates", "with_scores"}``:
   loss, accuracy (and per-option scores) for every candidate; see :mod:`modprompt.blackbox.params`.
+* ``POST /v1/spread`` ``{"dataset": id}``: the spread of the hidden states entering each block on a
+  registered set, with no prompt (``{"dataset", "spread", "tokens"}``), which BBT and BBTv2 size their
+  random projections by (:meth:`~modprompt.blackbox.scoring.Scorer.spread`). A user of a served model
+  sees these per-layer numbers and nothing else of the states.
 
 Answers to bad input: a missing or wrong key is a 401 (keys are compared in constant time, read only
 from the ``Authorization`` header, and never logged however a client sends them); a body over the byte
@@ -154,6 +158,11 @@ class SpaceIn(_In):
     kind: Literal["bank", "random"] = "bank"
     seed: int = Field(0, ge=0, lt=2**32)
     dim: int = Field(0, ge=0)
+    scale: list[Number] | None = None
+
+
+class SpreadIn(_In):
+    dataset: str = Field(pattern=r"^[0-9a-f]{32}$")
 
 
 class UploadIn(_In):
@@ -237,16 +246,16 @@ def value_budget(scorer: Scorer, limits: Limits) -> int:
     """The most JSON values (numbers, strings, lists, objects, object members) a legal request holds.
 
     The largest legal request is the largest population (``max_candidates`` and a base, each with a
-    router per layer and a vector of the widest space at every layer) or the largest example set
-    (``max_examples`` with ``max_options`` each), whichever is larger; a body holding more values is
-    refused before any of them is made.
+    router per layer and a vector of the widest space at every layer, in a space with a scale per layer)
+    or the largest example set (``max_examples`` with ``max_options`` each), whichever is larger; a body
+    holding more values is refused before any of them is made.
     """
     c = scorer.config
     width = max(c.num_tokens * c.rank, scorer.max_random_dim)
     # Per layer: K logits and a vector, each in its own list; a few brackets and members around them.
     candidate = c.num_layers * (c.num_modules + width + 2) + 8
     example = limits.max_options + 8  # the options, 4 members, the object and the options list
-    return (limits.max_candidates + 1) * candidate + limits.max_examples * example + 64
+    return (limits.max_candidates + 1) * candidate + limits.max_examples * example + c.num_layers + 64
 
 
 def _count_values(body: bytes, budget: int) -> int:
@@ -616,6 +625,22 @@ def create_app(
                 with_scores=todo.with_scores, deadline=deadline, cancelled=cancelled,
             )  # fmt: skip
             return _json_bytes({**reply.to_dict(), "dataset": todo.dataset_id, "seconds": time.monotonic() - started})
+
+        answer = await jobs.run(key, work, deadline, request.receive)
+        return Response(answer, media_type="application/json")
+
+    def parse_spread(body: bytes, content_type: str | None) -> str:
+        request = _validate(SpreadIn, _json(body, content_type, budget))
+        scorer.dataset(request.dataset)  # 404 before queueing
+        return request.dataset
+
+    @app.post("/v1/spread")
+    async def spread(request: Request) -> Response:
+        deadline = time.monotonic() + limits.timeout_s
+        dataset_id, key = await parsed(request, parse_spread)
+
+        def work(cancelled: Callable[[], bool]) -> bytes:
+            return _json_bytes(scorer.spread(dataset_id, deadline - time.monotonic(), cancelled))
 
         answer = await jobs.run(key, work, deadline, request.receive)
         return Response(answer, media_type="application/json")

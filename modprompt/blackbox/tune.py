@@ -10,6 +10,16 @@ Methods (every one only calls an :class:`~modprompt.blackbox.objective.Objective
   → n × hidden); no bank modules, router or learned projection.
 * ``bbtv2``: the same at every layer, layer-wise (divide and conquer); no bank.
 
+Both size ``A_l`` as BBTv2's normal projection (``--random_proj normal`` of ``deepbbt.py``): entries of
+std ``ŝ_l / (sqrt(dim) σ_l)``, ``ŝ_l`` the spread of the hidden states entering layer ``l`` on the
+training inputs with no prompt (their std after five rounds of clipping at ±3 std,
+:meth:`Objective.spread <modprompt.blackbox.objective.Objective.spread>`, measured once at the start of a
+run and kept in its state) and ``σ_l`` the layer's CMA-ES step size, so the first candidates' prompts have
+the spread of the states they are added to. Two deliberate differences: layer 0's spread is measured on
+its inputs like every other layer's, where BBT and BBTv2 take the std of the embedding matrix (on Gemma 3
+270M 0.95 on text against 1.03 for the scaled matrix), so that one rule holds for every backbone; and only
+real tokens count, where BBTv2's statistics include the padding.
+
 The baselines score through the served model's MRC span head (pre-trained with the bank: a black-box
 user cannot train a head), so "no bank" means no prompt modules, router or learned projection.
 
@@ -92,10 +102,6 @@ class _Run:
         self.usage_at_start = state["usage"]
         self.objective_usage_at_start = objective.usage.to_dict()
         self.seconds_at_start = state["train_seconds"]
-        if config.method == "mp2-bb":
-            self.space = Space.bank()
-        else:
-            self.space = Space.random(config.seed, config.dim or info.intrinsic_size)
         done = state["evaluations"]["router"] + state["evaluations"]["prompt"]
         #: one bar over the run's train evaluations (resumed where the state stopped), with dev accuracy
         self.bar = Progress(self.evaluations_planned(), config.method, "eval", progress, initial=done)
@@ -128,6 +134,8 @@ class _Run:
             "best_dev": None,
             "history": [],
             "sessions": 0,
+            # bbt / bbtv2: the hidden states' spread per layer on the train inputs, measured at the start
+            "spread": None,
         }
 
     @staticmethod
@@ -163,6 +171,22 @@ class _Run:
         searched = layers * self.space_dim if self.config.generations(layers) else 0
         shape = self.state["router_shape"]
         return searched + (math.prod(shape) if shape and self.config.router_evaluations else 0)
+
+    @property
+    def space(self) -> Space:
+        """mp2-bb: the bank's space. bbt / bbtv2: random projections sized as BBTv2's normal projection,
+        ``spread[l] / σ_l`` (``σ_l`` the layer's CMA-ES step size), so that the first candidates have the
+        spread of the hidden states they are added to; a state saved before the spread was measured has no
+        ``spread`` and keeps the bank's RMS it ran with."""
+        c = self.config
+        if c.method == "mp2-bb":
+            return Space.bank()
+        spread = self.state.get("spread")
+        scale = None
+        if spread is not None:
+            first, rest = c.step_sizes
+            scale = [s / (first if layer == 0 else rest) for layer, s in enumerate(spread)]
+        return Space.random(c.seed, c.dim or self.info.intrinsic_size, scale)
 
     @property
     def space_dim(self) -> int:
@@ -209,6 +233,10 @@ class _Run:
         session_started = time.perf_counter()
         self.state["sessions"] += 1
         c, state = self.config, self.state
+        if c.method != "mp2-bb" and "spread" in state and state["spread"] is None:
+            state["spread"] = self.objective.spread(self.train)
+            logger.info("hidden-state spread per layer on the train set: %s", " ".join(f"{s:.3g}" for s in state["spread"]))
+            self.save(session_started)
         if state["stage"] == "router":
             search = state["router_search"]
             while search.evaluations < c.router_evaluations:
@@ -423,6 +451,7 @@ def tune(
         "backbone": info.backbone.get("name"),
         "config": config.to_dict(),
         "router": state["router"],
+        "spread": state.get("spread"),
         "parameters": final.to_dict(),
         "history": state["history"],
     }
