@@ -99,13 +99,16 @@ def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:
     )
     for method, entry in summary["methods"].items():
         # Counted from each stored result's evaluations, which results stored before "budget" also hold.
-        spent = []
+        spent, sized = [], set()
         for task in grid.tasks:
             for seed in grid.seeds:
                 path = grid.path(method, task, seed)
                 if path.is_file():
-                    evaluations = json.loads(path.read_text())["evaluations"]
-                    spent.append(evaluations["router"] + evaluations["prompt"])
+                    result = json.loads(path.read_text())
+                    spent.append(result["evaluations"]["router"] + result["evaluations"]["prompt"])
+                    sized.add("spread" if result.get("spread") else "rms")
+        if method != "mp2-bb":  # how its random projections were sized (results before the spread: the RMS)
+            entry["projection"] = "/".join(sorted(sized)) or None
         paper = PAPER_BUDGETS[method]
         entry["evaluations_per_run"] = statistics.fmean(spent) if spent else None
         entry["paper_budget"] = paper["router"] + paper["prompt"]
@@ -117,9 +120,10 @@ def aggregate(args: argparse.Namespace, grid: ResultGrid) -> dict:
 def write_markdown(summary: dict, path: Path, seeds: int) -> None:
     intro = (
         f"Backbone `{summary['backbone']}`, bank `{summary['bank']}`, scored {summary['server']}. "
-        f"{summary['metric']} ({seeds} seeds; a cell over fewer seeds shows their count). Calls are score "
-        "requests (train, dev and test; a population is one call) and tokens the input tokens they forwarded "
-        "(every candidate's, padding not counted); train time is the wall time of one run's optimisation with "
+        f"{summary['metric']} ({seeds} seeds; a cell over fewer seeds shows their count). Calls are requests "
+        "to the model (train, dev and test scoring, a population one call; a BBT or BBTv2 run also measures the "
+        "hidden states' spread once) and tokens the input tokens they forwarded (every candidate's, padding not "
+        "counted); train time is the wall time of one run's optimisation with "
         "its dev evaluations, averaged over runs.\n\n"
         "**Budgets.** Every method had the same budget: `evaluations/run` train-set evaluations (router and prompt "
         "candidates; dev and test scoring not counted). Each method's own paper reports its results at a larger "
@@ -128,6 +132,20 @@ def write_markdown(summary: dict, path: Path, seeds: int) -> None:
         "of their 8,000 calls (BBTv2: 20 evaluations per layer here against 320 on its 24-layer model) say "
         "nothing about BBT or BBTv2 at their budgets."
     )
+    sized = {m: e["projection"] for m, e in summary["methods"].items() if e.get("projection")}
+    if sized:
+        intro += (
+            "\n\n**Random projections** (BBT, BBTv2): sized as BBTv2's normal projection, entries of std "
+            "ŝ_l / (√d σ), ŝ_l the spread of the hidden states entering layer l on the train inputs (std after "
+            "five rounds of clipping at ±3 std)."
+        )
+    older = [f"{m} ({'all' if sizes == 'rms' else 'some'} of its runs)" for m, sizes in sized.items() if "rms" in sizes]
+    if older:
+        intro += (
+            f" **Runs stored before the spread was measured**, {', '.join(older)}, sized the projections by the "
+            "bank's layer RMS, which on Gemma 3 is 3-16× the spread at layers 1-17: their first candidates were "
+            "up to 8× the size of the states they were added to."
+        )
     settings = summary.get("settings") or {}
     if settings.get("bound_on") == "offset" and settings.get("router_dev_every") is None:
         intro += (

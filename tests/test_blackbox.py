@@ -565,8 +565,15 @@ def test_blackbox_benchmark_stores_resumes_and_aggregates(banks, data_root, tmp_
     assert sorted(p.name for p in (tmp_path / "work" / "blackbox" / "bbt" / "eprstmt").iterdir()) == [
         "seed0.state", "seed1.state"]  # fmt: skip
 
+    assert bbt["projection"] == "spread" and "Random projections" in table and "before the spread" not in table
+
     monkeypatch.setattr(benchmark, "tune_task", lambda *a, **k: pytest.fail("a stored result was run again"))
     assert benchmark.main(argv)["methods"]["bbt"] == bbt
+    # A cell stored before the spread was measured is said to be one
+    cell = tmp_path / "blackbox" / "bbt" / "eprstmt" / "seed1.json"
+    cell.write_text(json.dumps({k: v for k, v in json.loads(cell.read_text()).items() if k != "spread"}))
+    assert benchmark.main(argv)["methods"]["bbt"]["projection"] == "rms/spread"
+    assert "before the spread was measured**, bbt (some of its runs), sized" in (tmp_path / "blackbox.md").read_text()
 
 
 def test_the_speed_benchmark_replays_a_run_and_checks_every_candidate_and_loss(banks, data_root, tmp_path,
