@@ -184,8 +184,8 @@ class _Run:
         spread = self.state.get("spread")
         scale = None
         if spread is not None:
-            first, rest = c.step_sizes
-            scale = [s / (first if layer == 0 else rest) for layer, s in enumerate(spread)]
+            sigmas, rest = self.state["cma"].sigmas, c.step_sizes[1]  # a layer bbt does not search: any σ serves
+            scale = [s / sigmas.get(layer, rest) for layer, s in enumerate(spread)]
         return Space.random(c.seed, c.dim or self.info.intrinsic_size, scale)
 
     @property
