@@ -369,9 +369,17 @@ def _span(stats: dict) -> str:
     return f"{stats['mean']:.1f} ({stats['min']}–{stats['max']})"
 
 
+def rose_above_start(result: dict) -> bool:
+    """Whether a run's best dev score is above its step 0's. Under protocol 2 ties go to the later step, so a
+    run whose dev score never moved chooses its last step: "not step 0" alone does not say that training helped."""
+    scores = [dev for _, dev in _dev_scores(result)]
+    return max(scores) > scores[0]
+
+
 def budgets(grid: ResultGrid) -> dict:
     """Per method, what its stored runs spent and chose: stages and their step budgets, steps trained, dev
-    evaluations, runs stopped early and runs whose chosen checkpoint was step 0 (the untouched start)."""
+    evaluations, runs stopped early, runs whose chosen checkpoint was step 0 (the untouched start) and runs
+    whose best dev score rose above step 0's."""
     table = {}
     for method in grid.methods:
         runs = [json.loads(p.read_text()) for p in grid.cells(method)]
@@ -386,6 +394,7 @@ def budgets(grid: ResultGrid) -> dict:
             "dev_evaluations": _stats(evaluations),
             "stopped_early": sum(any(s["stopped_early"] for s in r["stages"]) for r in runs),
             "chose_step_0": sum(chosen_step(r) == 0 for r in runs),
+            "rose_above_step_0": sum(rose_above_start(r) for r in runs),
             "carried": sum("carried_from" in r for r in runs),
             "runs": len(runs),
         }
@@ -459,20 +468,25 @@ def _budget_lines(summary: dict) -> list[str]:
     if protocol not in PROTOCOL_TEXT:
         return []
     carried = any(entry["carried"] for entry in summary["budgets"].values())
+    # Protocol 1 kept the earlier step on a tie, so there "rose above step 0" is "did not choose step 0".
+    rose = protocol >= 2
     lines = [_protocol_text(settings), "",
              "| method | stages | step budget | steps trained | dev evaluations | stopped early | chose step 0 |"
-             + (" carried over |" if carried else ""),
-             "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if carried else "")]  # fmt: skip
+             + (" dev rose above step 0 |" if rose else "") + (" carried over |" if carried else ""),
+             "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if rose else "") + ("---:|" if carried else "")]  # fmt: skip
     for method, entry in summary["budgets"].items():
         runs = entry["runs"]
         lines.append(
             f"| {method} | {entry['stages']} | {', '.join(entry['step_budget'])} | {_span(entry['steps'])} | "
             f"{_span(entry['dev_evaluations'])} | {entry['stopped_early']} of {runs} | "
             f"{entry['chose_step_0']} of {runs} |"
+            + (f" {entry['rose_above_step_0']} of {runs} |" if rose else "")
             + (f" {entry['carried']} of {runs} |" if carried else "")
         )
     lines += ["", "*step budget* per stage; *steps trained* and *dev evaluations* per run (mean, and range where "
               "runs differ); *chose step 0*: runs whose test score is that of their untrained start"
+              + ("; *dev rose above step 0*: runs whose best dev score is above their step 0's (ties go to the "
+                 "later step, so a run whose dev score never moved chose its last step)" if rose else "")
               + ("; *carried over*: runs copied from another table that this protocol would have run alike "
                  "(each cell's `carried_from` names it)." if carried else ".")]  # fmt: skip
     return lines

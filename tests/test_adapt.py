@@ -591,6 +591,17 @@ def test_fewshot_tables_hold_one_protocol_and_one_bank(tiny_decoder, bank, data_
     assert carried["machine"] == cell["machine"]  # it keeps the machine it ran on
     table = (tmp_path / "fair.md").read_text()
     assert "**Protocol 2**" in table and "| pt | prompt | 6 | 6 | 4 | 0 of 1 |" in table
+    # Ties go to the later step, so "not step 0" alone does not say that training helped: the table also counts
+    # the runs whose dev score rose above step 0's (protocol 2 only: under protocol 1 it is "not step 0").
+    for method in ("pt", "route-only"):
+        scores = [e["dev"] for e in json.loads((tmp_path / f"fair/{method}/eprstmt/seed1.json").read_text())
+                  ["stages"][0]["evaluations"]]  # fmt: skip
+        assert fair["budgets"][method]["rose_above_step_0"] == int(max(scores) > scores[0])
+    assert "dev rose above step 0" in table and "dev rose above step 0" not in (tmp_path / "old.md").read_text()
+    flat = {"steps": 4, "evaluations": [{"step": 0, "dev": 0.5}, {"step": 4, "dev": 0.5}]}
+    assert not fewshot.rose_above_start({"stages": [flat]})
+    second = {"steps": 4, "evaluations": [{"step": 0, "dev": 0.5, "carried": True}, {"step": 4, "dev": 0.75}]}
+    assert fewshot.rose_above_start({"stages": [flat, second]})  # a rise in a later stage counts
     # The reproduction check: run fresh under protocol 2, the carried cell comes out the same.
     fewshot.main([*common, "--name", "repro", "--methods", "pt"])
     fresh = json.loads((tmp_path / "repro/pt/eprstmt/seed1.json").read_text())
